@@ -1,0 +1,21 @@
+"""Adapter math in plain torch (no Lightning imports)."""
+
+from pefthub.adapters.inject import (
+    AdapterSite,
+    adapter_modules,
+    adapter_state,
+    find_targets,
+    inject_adapters,
+    mark_only_adapters_trainable,
+)
+from pefthub.adapters.lora import LoRALinear
+
+__all__ = [
+    "AdapterSite",
+    "LoRALinear",
+    "adapter_modules",
+    "adapter_state",
+    "find_targets",
+    "inject_adapters",
+    "mark_only_adapters_trainable",
+]

@@ -1,0 +1,150 @@
+"""TaskDataModule: the shared LightningDataModule of every task family.
+
+It resolves the backbone's tokenizer (``backbone`` is linked from ``model.backbone``),
+loads splits as ``datasets`` Datasets, tokenises them with a cached ``datasets.map`` and
+batches with dynamic padding. A task family supplies :meth:`load_splits` and
+:meth:`tokenize_batch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from datasets import DatasetDict
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from pefthub.backbones import load_tokenizer
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+class TaskDataModule(LightningDataModule):
+    """Shared data plumbing.
+
+    Args:
+        backbone: backbone name or path whose tokenizer is used; linked from
+            ``model.backbone`` (set it there, not here).
+        max_length: longest tokenised input; longer inputs are truncated.
+        batch_size: training batch size.
+        eval_batch_size: validation/test/predict batch size (default ``2 * batch_size``).
+        num_workers: DataLoader worker processes.
+        train_limit: use only the first ``train_limit`` training examples (after the
+            builder's fixed shuffle), for quick runs; ``null`` uses all.
+        eval_limit: likewise for validation and test.
+    """
+
+    task_type = "sequence_classification"
+
+    def __init__(
+        self,
+        backbone: str = "tiny-bert",
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_limit: int | None = None,
+        eval_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"data.{key} must be >= 1, got {value}")
+        self.backbone = backbone
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.num_workers = num_workers
+        self.train_limit = train_limit
+        self.eval_limit = eval_limit
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self.datasets: DatasetDict | None = None
+
+    # ------------------------------------------------------------------ family hooks
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def label_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric checkpointing and early stopping should monitor (``val/<name>``)."""
+        return "accuracy"
+
+    def load_splits(self) -> DatasetDict:
+        """Raw splits (``train``/``validation``/``test``) as a DatasetDict."""
+        raise NotImplementedError
+
+    def tokenize_batch(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list]:
+        raise NotImplementedError
+
+    def fingerprint_parts(self) -> tuple:
+        """Everything besides the raw data that determines the tokenised result."""
+        return (type(self).__name__, self.backbone, self.max_length)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.backbone)
+        return self._tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets is not None:
+            return
+        raw = self.load_splits()
+        tokenizer = self.tokenizer
+        vocab_digest = hashlib.sha256(repr(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
+        tokenized = {}
+        for split, dataset in raw.items():
+            limit = self.train_limit if split == "train" else self.eval_limit
+            if limit is not None:
+                dataset = dataset.select(range(min(limit, len(dataset))))
+            key = repr((dataset._fingerprint, self.fingerprint_parts(), vocab_digest))
+            fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+            dataset = dataset.map(
+                self.tokenize_batch,
+                fn_kwargs={"tokenizer": tokenizer},
+                batched=True,
+                remove_columns=dataset.column_names,
+                new_fingerprint=fingerprint,
+                desc=f"tokenising {split}",
+            )
+            tokenized[split] = dataset.with_format(columns=[c for c in MODEL_INPUTS if c in dataset.column_names])
+        self.datasets = DatasetDict(tokenized)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.datasets is None:
+            self.setup()
+        if split not in self.datasets:
+            raise ValueError(f"this task has no {split!r} split (it has {list(self.datasets)})")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=DataCollatorWithPadding(self.tokenizer, return_tensors="pt"),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"task_type": self.task_type, "num_labels": self.num_labels, "label_names": self.label_names}

@@ -1,0 +1,65 @@
+"""The `pefthub` command end to end on tiny-bert, in subprocesses (as a user runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "trainer" not in p.parts)
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pefthub.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_fit_then_test_through_the_cli_writes_logs_checkpoint_and_adapter(tmp_path):
+    config = REPO / "configs" / "tiny" / "lora_sst2.yaml"
+    fit = _run(["fit", "-c", str(config)], tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "tiny" / "version_0"
+    events = list(run_dir.glob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file in {run_dir}"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["method"] == "lora" and adapter_config["backbone"] == "tiny-bert"
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
+    for tag in ("train/loss_step", "val/accuracy", "train/lr", "budget/trainable_params", "budget/adapter_bytes", "train/step_time_s"):
+        assert tag in logged, f"{tag} not logged; logged: {logged}"
+
+    test = _run(["test", "-c", str(config), "--ckpt_path", str(checkpoint)], tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/accuracy" in test.stdout
+
+
+def test_fit_with_test_after_fit_prints_test_metrics(tmp_path):
+    config = REPO / "configs" / "tiny" / "lora_sst2.yaml"
+    result = _run(["fit", "-c", str(config), "--test_after_fit", "true", "--trainer.enable_checkpointing", "false",
+                   "--trainer.callbacks", "[]"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/accuracy" in result.stdout
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_config_parses_with_a_tiny_backbone(config, tmp_path):
+    result = _run(["fit", "-c", str(config), "--model.backbone", "tiny-bert", "--print_config"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backbone: tiny-bert" in result.stdout
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "--model.rnak", "4"], tmp_path)
+    assert result.returncode != 0
+    assert "rnak" in result.stderr
