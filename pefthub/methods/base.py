@@ -89,6 +89,7 @@ class PEFTModule(LightningModule):
         self.lr_schedule = lr_schedule
 
         self.backbone, _ = load_backbone(backbone)
+        self.backbone.train()  # from_pretrained returns eval mode; fine-tuning keeps its dropout on
         self.family = family_of(self.backbone)
         if pooling == "auto":
             pooling = "last" if self.family in CAUSAL_FAMILIES else "mean"
