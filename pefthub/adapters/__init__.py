@@ -1,5 +1,6 @@
 """Adapter math in plain torch (no Lightning imports)."""
 
+from pefthub.adapters.adalora import RankAllocator, SVDLinear, export_as_lora
 from pefthub.adapters.inject import (
     AdapterSite,
     adapter_modules,
@@ -12,6 +13,9 @@ from pefthub.adapters.lora import LoRALinear
 
 __all__ = [
     "AdapterSite",
+    "RankAllocator",
+    "SVDLinear",
+    "export_as_lora",
     "LoRALinear",
     "adapter_modules",
     "adapter_state",

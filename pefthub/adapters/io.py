@@ -77,8 +77,12 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
         if not required.is_file():
             raise AdapterFileError(f"{required}: adapter file not found (expected {WEIGHTS_NAME} and {CONFIG_NAME})")
     with open(weights, "rb") as handle:
-        head = handle.read(2)
-    if head[:1] == b"\x80" or head == b"PK":  # pickle protocol marker / torch zip archive
+        head = handle.read(9)
+    # A safetensors file starts with an 8-byte little-endian header length followed by "{";
+    # only a file that is not that is checked for pickle/zip markers (a header length of
+    # 0x..80 or 0x..4B50 would otherwise look like one).
+    looks_like_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_like_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):  # pickle protocol / torch zip
         raise AdapterFileError(f"{weights}: this is a pickle/torch archive, not safetensors; refusing to load it")
     try:
         tensors = load_file(str(weights))

@@ -1,6 +1,7 @@
 """Callbacks: phase changes, budgets and run bookkeeping."""
 
 from pefthub.callbacks.adapter_export import SaveAdapter
+from pefthub.callbacks.rank_allocation import AdaLoRARankAllocation
 from pefthub.callbacks.timing import StepTimer
 
-__all__ = ["SaveAdapter", "StepTimer"]
+__all__ = ["AdaLoRARankAllocation", "SaveAdapter", "StepTimer"]

@@ -1,0 +1,456 @@
+"""AdaLoRA (Zhang et al., ICLR 2023): an SVD-shaped update whose rank moves between layers.
+
+Plain torch, no Lightning.
+
+``SVDLinear``:  y = W x + (α / r0) · P Λ Q dropout(x),   P ∈ R^{d_out×r0}, Λ = diag(λ), Q ∈ R^{r0×d_in}
+
+The scale is α / r0 with r0 the *initial* rank, fixed for the whole run (the authors'
+``loralib`` and HF PEFT do the same, PEFT as ``α / (r0 + 1e-5)``); pruning a triplet then
+does not rescale the others. λ starts at zero and P, Q at N(0, 0.02²), so a fresh adapter
+leaves the host's outputs unchanged.
+
+``RankAllocator`` owns the importance statistics and decides which triplets survive;
+``orthogonal_regularization`` is the penalty that keeps P and Q near-orthogonal, so that
+zeroing λ_i removes one direction and P Λ Q stays SVD-like.
+
+Masking is *soft*, as in the paper and PEFT: a pruned triplet has λ_i set to zero but keeps
+P_{:,i}, Q_{i,:} and its gradient, so during the budget-reduction phase it can come back at
+the next allocation; from step T − t_f on the final mask is re-applied after every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pefthub.scoring import (
+    adalora_budget,
+    adalora_element_score,
+    adalora_importance_update,
+    adalora_phase,
+    adalora_triplet_scores,
+    global_topk_mask,
+    resolve_step_count,
+)
+
+ORTH_REG_FORMS = ("mean_norm", "sum_squared")
+
+
+class SVDLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus AdaLoRA's update ``(α / r0) · P diag(λ) Q``.
+
+    Args:
+        base: the frozen linear layer (owned, kept frozen).
+        rank: r0, the initial number of singular triplets (1 <= r0 <= min(d_in, d_out)).
+        alpha: scaling numerator; the update is multiplied by ``alpha / rank`` (fixed).
+        dropout: dropout probability on the adapter's input.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float = 16.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"SVDLinear wraps nn.Linear, got {type(base).__name__}")
+        max_rank = min(base.in_features, base.out_features)
+        if not 1 <= rank <= max_rank:
+            raise ValueError(f"AdaLoRA initial rank must be in [1, min(d_in, d_out)] = [1, {max_rank}] for this layer, got {rank}")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.alpha = float(alpha)
+        self.init_rank = int(rank)
+        self.scaling = self.alpha / self.init_rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        weight = base.weight
+        kwargs = {"dtype": weight.dtype, "device": weight.device}
+        self.lora_P = nn.Parameter(torch.empty(base.out_features, rank, **kwargs))  # left singular vectors
+        self.lora_lambda = nn.Parameter(torch.zeros(rank, **kwargs))  # singular values
+        self.lora_Q = nn.Parameter(torch.empty(rank, base.in_features, **kwargs))  # right singular vectors
+        # Which triplets the last allocation kept. Persistent: it is saved in checkpoints and
+        # adapter files; λ is *not* multiplied by it in forward (masking zeroes λ in place).
+        self.register_buffer("rank_mask", torch.ones(rank, dtype=torch.bool, device=weight.device))
+        self.reset_parameters()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def active_rank(self) -> int:
+        """Number of triplets kept by the last allocation."""
+        return int(self.rank_mask.sum())
+
+    def reset_parameters(self) -> None:
+        """λ = 0; P, Q ~ N(0, 0.02²) (the paper's and PEFT's initialisation)."""
+        nn.init.zeros_(self.lora_lambda)
+        nn.init.normal_(self.lora_P, mean=0.0, std=0.02)
+        nn.init.normal_(self.lora_Q, mean=0.0, std=0.02)
+        self.rank_mask.fill_(True)
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        return {"lora_P": self.lora_P, "lora_lambda": self.lora_lambda, "lora_Q": self.lora_Q}
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Record ``mask`` (bool, shape (r0,)) and zero λ where it is False."""
+        mask = mask.to(device=self.rank_mask.device, dtype=torch.bool).reshape(-1)
+        if mask.shape != self.rank_mask.shape:
+            raise ValueError(f"rank mask has {mask.numel()} entries, this layer has {self.init_rank} triplets")
+        self.rank_mask.copy_(mask)
+        self.apply_mask()
+
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        """Zero λ_i for every triplet the current mask drops (P and Q are kept)."""
+        self.lora_lambda.masked_fill_(~self.rank_mask, 0.0)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = (α / r0) P diag(λ) Q, shape (d_out, d_in). For merging, export and tests."""
+        return (self.lora_P * self.lora_lambda) @ self.lora_Q * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        update = F.linear(F.linear(self.dropout(x), self.lora_Q * self.lora_lambda.unsqueeze(1)), self.lora_P)
+        return result + update * self.scaling
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, init_rank={self.init_rank}, active_rank={self.active_rank}, alpha={self.alpha}"
+
+
+def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear], form: str = "mean_norm") -> torch.Tensor:
+    """R(P, Q) over all AdaLoRA layers; the loss adds γ · R.
+
+    - ``"mean_norm"`` (HF PEFT's ``AdaLoraModel.forward`` and the authors' released
+      ``compute_orth_regu``): the mean, over the 2L matrices, of the *unsquared* norms
+      ``‖QQᵀ − I‖_F`` and ``‖PᵀP − I‖_F``;
+    - ``"sum_squared"`` (the paper's equation): Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F.
+
+    Every triplet counts, masked ones included (as in PEFT).
+    """
+    if form not in ORTH_REG_FORMS:
+        raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {form!r}")
+    modules = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
+    if not modules:
+        raise ValueError("orthogonal_regularization needs at least one SVDLinear layer")
+    terms = []
+    for layer in modules:
+        for cov in (layer.lora_Q @ layer.lora_Q.T, layer.lora_P.T @ layer.lora_P):
+            eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+            terms.append(torch.norm(cov - eye, p="fro") if form == "mean_norm" else (cov - eye).pow(2).sum())
+    total = torch.stack(terms).sum()
+    return total / len(terms) if form == "mean_norm" else total
+
+
+# --------------------------------------------------------------------------- rank allocation
+
+
+@dataclass
+class AllocationReport:
+    """What one call of :meth:`RankAllocator.step` did."""
+
+    step: int
+    phase: str  # warmup | reduce | final
+    budget: int  # b(t), triplets allowed over all layers
+    updated_importance: bool
+    masked: bool  # a new allocation (top-b) was computed at this step
+    active_rank: int  # triplets kept after this step, over all layers
+
+
+@dataclass
+class _Stats:
+    sensitivity: dict[str, torch.Tensor] = field(default_factory=dict)
+    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class RankAllocator:
+    """Sensitivity × uncertainty importance and the global top-b(t) allocation of AdaLoRA.
+
+    Call :meth:`step` once per optimiser step, *after* ``optimizer.step()`` and *before*
+    ``optimizer.zero_grad()``: it reads ``p.grad`` (the gradients that step used) and the
+    updated parameters, like HF PEFT's ``update_and_allocate``. Masking before the
+    optimiser step would let Adam's momentum revive the zeroed singular values at once.
+
+    Per step t (0-based index of the optimiser step just taken, T total steps):
+
+    - ``t < T − t_f``: update Ī, Ū of every P, λ, Q entry (skipped when any gradient is
+      not finite); in the reduction phase, every ``delta_t`` steps, keep the top-b(t)
+      triplets by S_i over all layers and zero the λ of the rest;
+    - ``t == T − t_f``: final allocation to b_T triplets; the statistics are dropped;
+    - ``t > T − t_f``: re-apply the final masks (the optimiser moves zeroed λ otherwise).
+
+    Args:
+        layers: the AdaLoRA layers by name (names are used in rank patterns and logs).
+        target_rank: average final rank per layer; the final budget is
+            b_T = target_rank × number of layers (b0 is the sum of initial ranks).
+        tinit: warm-up steps before any pruning (int), or a fraction of T (float in [0, 1)).
+        tfinal: steps at the end trained with the final masks fixed (int >= 1, or fraction).
+        delta_t: steps between two allocations in the reduction phase.
+        beta1: EMA coefficient of the sensitivity Ī.
+        beta2: EMA coefficient of the uncertainty Ū.
+    """
+
+    def __init__(
+        self,
+        layers: Mapping[str, SVDLinear],
+        target_rank: int,
+        tinit: int | float = 0,
+        tfinal: int | float = 1,
+        delta_t: int = 1,
+        beta1: float = 0.85,
+        beta2: float = 0.85,
+    ) -> None:
+        if not layers:
+            raise ValueError("RankAllocator needs at least one SVDLinear layer")
+        for key, beta in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 < beta < 1.0:
+                raise ValueError(f"model.{key} must be in (0, 1), got {beta}")
+        if delta_t < 1:
+            raise ValueError(f"model.delta_t must be >= 1 optimiser step, got {delta_t}")
+        self.layers = dict(layers)
+        self.names = sorted(self.layers)
+        self.init_budget = sum(layer.init_rank for layer in self.layers.values())
+        self.target_budget = int(target_rank) * len(self.layers)
+        if not 0 <= self.target_budget <= self.init_budget:
+            raise ValueError(
+                f"model.target_rank={target_rank} gives a final budget of {self.target_budget} triplets, "
+                f"but the layers start with {self.init_budget}; need 0 <= target_rank <= init_rank"
+            )
+        self.tinit_config, self.tfinal_config = tinit, tfinal
+        self.delta_t = int(delta_t)
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+        self.total_steps: int | None = None
+        self.tinit: int | None = None
+        self.tfinal: int | None = None
+        self.last_step = -1
+        self.budget = self.init_budget
+        self.skipped_nonfinite = 0
+        self.final_done = False
+        self._stats = _Stats()
+
+    # ------------------------------------------------------------------ schedule
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Fix T (from ``trainer.estimated_stepping_batches``) and resolve t_i, t_f."""
+        total_steps = int(total_steps)
+        if total_steps < 1:
+            raise ValueError(f"AdaLoRA needs a finite number of optimiser steps T >= 1, got {total_steps}")
+        if self.total_steps is not None and self.last_step >= 0 and total_steps != self.total_steps:
+            raise ValueError(
+                f"this AdaLoRA run was scheduled for T={self.total_steps} optimiser steps, but the trainer now "
+                f"plans {total_steps}; resume with the same trainer.max_epochs/max_steps, batch size, "
+                "accumulate_grad_batches and data.train_limit"
+            )
+        tinit = resolve_step_count(self.tinit_config, total_steps, "model.tinit")
+        tfinal = resolve_step_count(self.tfinal_config, total_steps, "model.tfinal")
+        if tfinal < 1:
+            raise ValueError(
+                f"model.tfinal resolves to {tfinal} steps; it must be >= 1 so that the final budget is "
+                "allocated at step T - tfinal (an int of steps, or a fraction of T in [0, 1))"
+            )
+        if tinit >= total_steps - tfinal:
+            raise ValueError(
+                f"AdaLoRA schedule has no budget-reduction phase: model.tinit={tinit} steps, model.tfinal={tfinal} "
+                f"steps, total optimiser steps T={total_steps}; need tinit < T - tfinal (train longer or shrink them)"
+            )
+        self.total_steps, self.tinit, self.tfinal = total_steps, tinit, tfinal
+
+    def budget_at(self, step: int) -> int:
+        """b(t) at optimiser step ``step`` (0-based)."""
+        self._require_schedule()
+        return adalora_budget(
+            step,
+            init_budget=self.init_budget,
+            target_budget=self.target_budget,
+            tinit=self.tinit,
+            tfinal=self.tfinal,
+            total_steps=self.total_steps,
+        )
+
+    def _require_schedule(self) -> None:
+        if self.total_steps is None:
+            raise RuntimeError("RankAllocator.set_total_steps(T) must be called before the first step")
+
+    # ------------------------------------------------------------------ importance
+
+    def gradients_finite(self) -> bool:
+        for layer in self.layers.values():
+            for param in layer.adapter_parameters().values():
+                if param.grad is not None and not torch.isfinite(param.grad).all():
+                    return False
+        return True
+
+    @torch.no_grad()
+    def update_importance(self) -> bool:
+        """Update Ī, Ū from the current parameters and gradients; ``False`` (and no
+        update) when a gradient is not finite. A missing gradient counts as zero."""
+        if not self.gradients_finite():
+            self.skipped_nonfinite += 1
+            return False
+        for name in self.names:
+            for local, param in self.layers[name].adapter_parameters().items():
+                key = f"{name}.{local}"
+                # statistics in fp32 for half-precision adapters, else in the parameter's dtype
+                dtype = torch.float32 if param.dtype in (torch.float16, torch.bfloat16) else param.dtype
+                weight = param.detach().to(dtype)
+                grad = param.grad.to(dtype) if param.grad is not None else torch.zeros_like(weight)
+                previous_s = self._stats.sensitivity.get(key, torch.zeros_like(weight))
+                previous_u = self._stats.uncertainty.get(key, torch.zeros_like(weight))
+                self._stats.sensitivity[key], self._stats.uncertainty[key] = adalora_importance_update(
+                    weight, grad, previous_s, previous_u, self.beta1, self.beta2
+                )
+        return True
+
+    def triplet_scores(self) -> dict[str, torch.Tensor]:
+        """S_i per layer (shape (r0,)), from the current statistics."""
+        scores = {}
+        for name in self.names:
+            parts = {}
+            for local in ("lora_P", "lora_lambda", "lora_Q"):
+                key = f"{name}.{local}"
+                if key not in self._stats.sensitivity:
+                    raise RuntimeError("no importance statistics yet: call update_importance() first")
+                parts[local] = adalora_element_score(self._stats.sensitivity[key], self._stats.uncertainty[key])
+            scores[name] = adalora_triplet_scores(parts["lora_P"], parts["lora_lambda"], parts["lora_Q"])
+        return scores
+
+    @torch.no_grad()
+    def mask_to_budget(self, budget: int) -> dict[str, torch.Tensor]:
+        """Keep the ``budget`` most important triplets over all layers; zero λ of the rest."""
+        scores = self.triplet_scores()
+        flat = torch.cat([scores[name] for name in self.names])
+        keep = global_topk_mask(flat, budget)
+        masks, offset = {}, 0
+        for name in self.names:
+            size = scores[name].numel()
+            masks[name] = keep[offset : offset + size]
+            self.layers[name].set_mask(masks[name])
+            offset += size
+        return masks
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        for layer in self.layers.values():
+            layer.apply_mask()
+
+    def step(self, step: int) -> AllocationReport:
+        """Everything AdaLoRA does after optimiser step ``step`` (0-based); see the class doc."""
+        self._require_schedule()
+        if step <= self.last_step:
+            raise ValueError(f"RankAllocator.step got step {step} after step {self.last_step}; steps must increase")
+        phase = adalora_phase(step, self.tinit, self.tfinal, self.total_steps)
+        updated = masked = False
+        final_start = self.total_steps - self.tfinal
+        if step < final_start:
+            updated = self.update_importance()
+            self.budget = self.budget_at(step)
+            if phase == "reduce" and step % self.delta_t == 0 and self._stats.sensitivity:
+                self.mask_to_budget(self.budget)
+                masked = True
+        elif step == final_start or (not self.final_done and step > final_start):
+            # the final allocation; also taken late when a run starts past T - t_f
+            self.budget = self.target_budget
+            if self._stats.sensitivity:
+                self.mask_to_budget(self.budget)
+                masked = True
+            self.final_done = True
+            self._stats = _Stats()  # no longer needed: free the memory (PEFT does the same)
+        else:
+            self.budget = self.target_budget
+            self.apply_masks()
+        self.last_step = step
+        return AllocationReport(step, phase, self.budget, updated, masked, self.active_rank())
+
+    # ------------------------------------------------------------------ reporting
+
+    def active_rank(self) -> int:
+        return sum(layer.active_rank for layer in self.layers.values())
+
+    def rank_pattern(self) -> dict[str, int]:
+        """Triplets kept per layer, by layer name."""
+        return {name: self.layers[name].active_rank for name in self.names}
+
+    def rank_masks(self) -> dict[str, list[bool]]:
+        return {name: self.layers[name].rank_mask.tolist() for name in self.names}
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Importance statistics and schedule position (the masks live in the layers' buffers)."""
+        return {
+            "sensitivity": {k: v.detach().clone() for k, v in self._stats.sensitivity.items()},
+            "uncertainty": {k: v.detach().clone() for k, v in self._stats.uncertainty.items()},
+            "total_steps": self.total_steps,
+            "last_step": self.last_step,
+            "budget": self.budget,
+            "final_done": self.final_done,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "init_budget": self.init_budget,
+            "target_budget": self.target_budget,
+            "names": list(self.names),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if list(state["names"]) != self.names or state["init_budget"] != self.init_budget or state["target_budget"] != self.target_budget:
+            raise ValueError(
+                "AdaLoRA allocator state does not fit this model (different target layers, init_rank or target_rank)"
+            )
+        device = {
+            f"{name}.{local}": param.device
+            for name in self.names
+            for local, param in self.layers[name].adapter_parameters().items()
+        }
+        self._stats = _Stats(
+            {k: v.to(device[k]) for k, v in state["sensitivity"].items()},
+            {k: v.to(device[k]) for k, v in state["uncertainty"].items()},
+        )
+        self.total_steps = state["total_steps"]
+        self.last_step = int(state["last_step"])
+        self.budget = int(state["budget"])
+        self.final_done = bool(state["final_done"])
+        self.skipped_nonfinite = int(state["skipped_nonfinite"])
+        if self.total_steps is not None:
+            self.set_total_steps(self.total_steps)
+
+
+# --------------------------------------------------------------------------- export to LoRA
+
+
+@dataclass
+class LoRAExport:
+    """An AdaLoRA adapter rewritten as plain LoRA with one rank per matrix.
+
+    For each layer m with kept triplets I_m (|I_m| = r_m):
+    A_m = Q[I_m, :]  (r_m × d_in),  B_m = P[:, I_m] diag(λ[I_m])  (d_out × r_m),  scaling α / r0,
+    so (α / r0) B_m A_m = ΔW_m (masked triplets have λ_i = 0 and contribute nothing). A LoRA
+    with per-matrix rank r_m and alpha_m = (α / r0) · r_m reproduces the AdaLoRA outputs.
+    Layers where every triplet was pruned get rank 0 (no update).
+    """
+
+    tensors: dict[str, torch.Tensor]  # "<module>.lora_A" (r_m × d_in) / "<module>.lora_B" (d_out × r_m)
+    rank_pattern: dict[str, int]
+    scaling_pattern: dict[str, float]
+
+    def parameter_count(self) -> int:
+        """Σ_m r_m (d_in + d_out): the exported LoRA's parameters."""
+        return sum(t.numel() for t in self.tensors.values())
+
+
+@torch.no_grad()
+def export_as_lora(layers: Mapping[str, SVDLinear]) -> LoRAExport:
+    """Rewrite AdaLoRA layers as LoRA with per-matrix ranks, dropping the triplets the
+    current masks prune (see :class:`LoRAExport` for the algebra)."""
+    tensors, ranks, scalings = {}, {}, {}
+    for name in sorted(layers):
+        layer = layers[name]
+        keep = layer.rank_mask.nonzero().view(-1)
+        tensors[f"{name}.lora_A"] = layer.lora_Q[keep].detach().clone()
+        tensors[f"{name}.lora_B"] = (layer.lora_P[:, keep] * layer.lora_lambda[keep]).detach().clone()
+        ranks[name], scalings[name] = int(keep.numel()), layer.scaling
+    return LoRAExport(tensors, ranks, scalings)

@@ -1,0 +1,96 @@
+"""When AdaLoRA's rank allocator runs inside Lightning's training loop.
+
+The contract (HF PEFT's ``update_and_allocate``): update the importance statistics and mask
+*after* ``optimizer.step()`` and *before* ``optimizer.zero_grad()``. Masking before the
+step would let Adam's momentum revive the zeroed singular values straight away; reading
+importance after ``zero_grad`` would see no gradients.
+
+How that maps onto Lightning's automatic optimisation:
+
+- the optimiser steps inside ``training_step``'s closure; ``zero_grad`` runs at the start
+  of the *next* stepping batch's closure (``loops/optimization/automatic.py``), so
+  ``on_train_batch_end`` still sees the gradients the step used and the updated weights.
+  That is where the allocator runs.
+- under gradient accumulation ``on_train_batch_end`` fires on every micro-batch; the
+  allocator acts only when ``trainer.global_step`` has advanced since the last call (an
+  optimiser step happened), and then t = ``trainer.global_step − 1`` (0-based index of
+  the step just taken, 0 .. T − 1).
+- when any adapter gradient is not finite (e.g. an fp16 overflow step) the importance
+  update is skipped (counted in ``budget/importance_skipped``); the schedule still advances.
+- T = ``trainer.estimated_stepping_batches``, read at ``on_fit_start``.
+
+State (``state_dict``): the allocator's importance EMAs and schedule position and the last
+global step acted on; the masks themselves are buffers of the adapter layers, saved with
+the module. A run resumed from a checkpoint therefore continues exactly where it stopped.
+
+Logged every optimiser step: ``budget/rank_budget`` (b(t)), ``budget/active_rank`` (kept
+triplets over all layers), ``budget/active_adapter_params`` and, with ``log_ranks``,
+``rank/<layer>``. The regulariser is logged by the module as ``train/regularization``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class AdaLoRARankAllocation(Callback):
+    """Runs ``pl_module.allocator.step(t)`` once per optimiser step (see the module doc).
+
+    Args:
+        log_ranks: also log ``rank/<layer>`` for every adapted matrix.
+    """
+
+    def __init__(self, log_ranks: bool = True) -> None:
+        self.log_ranks = log_ranks
+        self.last_global_step = 0
+        self._restored: dict[str, Any] | None = None
+        self._allocator = None
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        allocator = getattr(pl_module, "allocator", None)
+        if allocator is None:
+            raise TypeError(f"AdaLoRARankAllocation needs a module with an `allocator` (AdaLoRAModule), got {type(pl_module).__name__}")
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                "AdaLoRA needs the total number of optimiser steps: set trainer.max_steps or trainer.max_epochs "
+                "(with a sized training dataloader)"
+            )
+        if self._restored is not None:
+            allocator.load_state_dict(self._restored["allocator"])
+            self.last_global_step = int(self._restored["last_global_step"])
+            self._restored = None
+        allocator.set_total_steps(int(total))
+        self._allocator = allocator
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self.last_global_step:
+            return  # an accumulation micro-batch: no optimiser step happened
+        self.last_global_step = step
+        report = pl_module.allocator.step(step - 1)
+        figures = {
+            "budget/rank_budget": float(report.budget),
+            "budget/active_rank": float(report.active_rank),
+            "budget/active_adapter_params": float(pl_module.active_adapter_parameters()),
+            "budget/importance_skipped": float(pl_module.allocator.skipped_nonfinite),
+        }
+        if self.log_ranks:
+            figures.update({f"rank/{name}": float(rank) for name, rank in pl_module.allocator.rank_pattern().items()})
+        pl_module.log_dict(figures, on_step=True, on_epoch=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"last_global_step": self.last_global_step}
+        if self._allocator is not None:
+            state["allocator"] = self._allocator.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Applied in on_fit_start, once the module's allocator is known and T can be checked.
+        if "allocator" in state_dict:
+            self._restored = dict(state_dict)
+        else:
+            self.last_global_step = int(state_dict.get("last_global_step", 0))
