@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -40,11 +41,54 @@ class PEFTHubCLI(LightningCLI):
         parser.link_arguments("data.label_names", "model.init_args.label_names", apply_on="instantiate")
         parser.link_arguments("data.task_type", "model.init_args.task_type", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand)
+        if config is not None and config.get("ckpt_path") == "last":
+            config.ckpt_path = resolve_last_checkpoint(config.trainer)
+
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+
+
+def resolve_last_checkpoint(trainer_config) -> str | None:
+    """``--ckpt_path last``: the newest ``last.ckpt`` of this configuration's runs.
+
+    Lightning's own ``"last"`` only looks in the *new* run's checkpoint folder, which with a
+    versioned logger is always empty. Here an explicit ``ModelCheckpoint.dirpath`` is
+    searched, else ``<save_dir>/<name>/version_*/checkpoints/``; when found in a version
+    folder, the logger is pointed at that version so the resumed run logs beside the
+    interrupted one. With no checkpoint at all the run starts from scratch (said on stderr).
+    """
+    candidates: list[Path] = []
+    for callback in trainer_config.get("callbacks") or []:
+        dirpath = (callback.get("init_args") or {}).get("dirpath") if hasattr(callback, "get") else None
+        if dirpath:
+            candidates.append(Path(dirpath) / "last.ckpt")
+    logger = trainer_config.get("logger")
+    logger_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not candidates and logger_args is not None:
+        root = Path(logger_args.get("save_dir") or ".") / (logger_args.get("name") or "lightning_logs")
+        versions = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1].name))
+        if versions:
+            candidates.append(versions[-1])
+            logger_args.version = _version_number(versions[-1].parents[1].name)
+    if not candidates:
+        root = Path(trainer_config.get("default_root_dir") or ".")
+        candidates = sorted(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        print("pefthub: --ckpt_path last: no last.ckpt found for this configuration; starting from scratch", file=sys.stderr)
+        return None
+    print(f"pefthub: resuming from {found[-1]}", file=sys.stderr)
+    return str(found[-1])
+
+
+def _version_number(name: str) -> int:
+    suffix = name.removeprefix("version_")
+    return int(suffix) if suffix.isdigit() else -1
 
 
 def _prepare_environment() -> None:
