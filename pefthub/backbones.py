@@ -314,6 +314,15 @@ def load_backbone(
         attn_implementation: passed to ``from_pretrained`` (``eager`` is needed for FLOP
             counting, which misses SDPA on CPU).
     """
+    from pefthub.backbone_variants import apply_ops, split_name, tiny_overrides
+
+    base, ops = split_name(name)
+    if ops:  # derived host, e.g. minilm-l6:drop-every-other (see pefthub/backbone_variants.py)
+        model, tokenizer = load_backbone(base, attn_implementation)
+        return apply_ops(model, ops), tokenizer
+    sized = tiny_overrides(name)
+    if sized is not None:  # e.g. tiny-bert-h48-l3
+        return build_tiny_model(sized[0], **sized[1]), tiny_tokenizer()
     if name in TINY_MODELS:
         return build_tiny_model(name), tiny_tokenizer()
     source = resolve_source(name)
@@ -326,7 +335,10 @@ def load_backbone(
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer of backbone ``name`` (same resolution rules as :func:`load_backbone`)."""
-    if name in TINY_MODELS:
+    from pefthub.backbone_variants import split_name, tiny_overrides
+
+    name = split_name(name)[0]
+    if name in TINY_MODELS or tiny_overrides(name) is not None:
         return tiny_tokenizer()
     tokenizer = AutoTokenizer.from_pretrained(resolve_source(name))
     if tokenizer.pad_token is None:

@@ -1,0 +1,570 @@
+"""UniHyperLoRA: one adapter, defined in a canonical space, for hosts of any width and depth.
+
+Plain torch, no Lightning. Notation (DESIGN.md section 3): a frozen layer ``y = W x`` with
+``W ∈ R^{d_out×d_in}``; M atoms, canonical width d0.
+
+* Canonical atoms ``U, V ∈ R^{M×d0}`` (shared by every layer of every host).
+* Projector generator h_ψ: for any width d, row i of ``G(d) ∈ R^{d×2d0}`` is
+  ``MLP_ψ(φ(t_i, log d))`` with Fourier features ``φ(t) = [sin 2πf t, cos 2πf t]_f`` of the unit's
+  coordinate ``t_i = (i + ½)/d``. Its first d0 columns give ``P_out(d) = G_out/√d0 ∈ R^{d×d0}``,
+  the last d0 give ``P_in(d) = G_inᵀ/√d ∈ R^{d0×d}``. The scalings keep ``‖P_in x‖`` and the
+  per-unit size of ``P_out c`` independent of d (``E‖P_in x‖² = (1/d) Σ_i ‖G_in,i‖² · σ²_x``,
+  a Riemann mean over t). ψ's parameter count does not depend on d; note that
+  ``rank P(d) ≤ min(d, d0, generator_hidden)`` since the MLP's last layer is linear.
+* Mixer g_θ(ℓ/L, one-hot(type)) ∈ R^M: a two-layer sine MLP, ``m = 1 + W₂ sin(W₁ [ℓ/L; e_type] + b₁) + b₂ + δθ[type]``,
+  where δθ ∈ R^{T×M} (T canonical module types, zero at start) is the only part tuned on a new host.
+* Router r_φ, once per transformer block and token, reading the block input h in canonical space:
+  ``logits = W_r P_in(d) (h / rms(h)) + W_t e_task + b``; the top-k atoms S (k ≤ 2) get gates
+  ``π_j = σ(logit_j)`` (zeroed below ``threshold``).
+* Update at layer (ℓ, type): ``y = W x + s · Σ_{j∈S} π_j m_j · P_out u_j (v_jᵀ P_in x)``.
+
+The update is computed without ever forming ΔW (nor the M atom responses): with the folded
+matrices ``Ṽ(d) = V P_in(d) ∈ R^{M×d}`` and ``Ũ(d) = U P_out(d)ᵀ ∈ R^{M×d}`` (one per width per
+forward, cached while the weights do not change), a token costs ``k (d_in + d_out)`` multiply-adds
+per layer plus ``M d`` per block for the router. ``v_jᵀ P_in x = ṽ_j · x`` and ``P_out u_j = ũ_j``
+exactly, so this is the equation above, reassociated.
+
+The shared components live in one :class:`HyperShared` module (registered once, on the owner);
+each :class:`HyperLinear` holds only its site metadata and an *unregistered* reference to it, so
+state dicts, checkpoints and parameter counts see every shared tensor exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Width- and family-agnostic module types the mixer is conditioned on.
+CANONICAL_TYPES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
+
+# Target pattern -> canonical type, for the families pefthub knows (DESIGN.md section 3).
+DEFAULT_TYPE_MAP: dict[str, str] = {
+    # BERT
+    "attention.self.query": "q",
+    "attention.self.key": "k",
+    "attention.self.value": "v",
+    "attention.output.dense": "o",
+    "intermediate.dense": "ffn_in",
+    "output.dense": "ffn_out",
+    # MPNet
+    "attn.q": "q",
+    "attn.k": "k",
+    "attn.v": "v",
+    "attn.o": "o",
+    # Llama
+    "self_attn.q_proj": "q",
+    "self_attn.k_proj": "k",
+    "self_attn.v_proj": "v",
+    "self_attn.o_proj": "o",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_in",
+    "mlp.down_proj": "ffn_out",
+}
+
+_BLOCK = re.compile(r"^(.*?\.\d+)\.")
+
+
+def canonical_type(pattern: str, type_map: dict[str, str] | None = None) -> str:
+    """The canonical module type of a target pattern; a ValueError names the config key to set."""
+    mapping = {**DEFAULT_TYPE_MAP, **(type_map or {})}
+    kind = mapping.get(pattern)
+    if kind is None or kind not in CANONICAL_TYPES:
+        raise ValueError(
+            f"target pattern {pattern!r} has no canonical module type; set `model.module_types` "
+            f"to map it to one of {CANONICAL_TYPES}"
+        )
+    return kind
+
+
+def block_name(site_name: str) -> str | None:
+    """``encoder.layer.3`` for ``encoder.layer.3.attention.self.query`` (None without an index)."""
+    match = _BLOCK.match(site_name)
+    return match.group(1) if match else None
+
+
+# --------------------------------------------------------------------------- generator
+
+
+class ProjectorGenerator(nn.Module):
+    """h_ψ: width d (and optional unit coordinates) -> ``P_out(d) ∈ R^{d×d0}``, ``P_in(d) ∈ R^{d0×d}``.
+
+    Args:
+        d0: canonical width.
+        num_frequencies: number F of Fourier frequencies (geometric from 1 to ``max_frequency``).
+        max_frequency: highest frequency, in cycles over the unit coordinate range [0, 1).
+        hidden: width of the MLP's hidden layer (bounds the projectors' rank).
+        width_feature: append ``ln(d / d0) / ln 16`` to the features (its input weights start at
+            zero, so an untrained width feature changes nothing).
+    """
+
+    def __init__(
+        self,
+        d0: int,
+        num_frequencies: int = 16,
+        max_frequency: float = 64.0,
+        hidden: int = 256,
+        width_feature: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_frequencies < 1:
+            raise ValueError(f"model.num_frequencies must be >= 1, got {num_frequencies}")
+        if max_frequency < 1:
+            raise ValueError(f"model.max_frequency must be >= 1, got {max_frequency}")
+        self.d0 = d0
+        self.width_feature = width_feature
+        self.max_frequency = float(max_frequency)
+        frequencies = torch.logspace(0, math.log10(max_frequency), num_frequencies, dtype=torch.float64)
+        self.register_buffer("frequencies", frequencies.float(), persistent=False)
+        in_features = 2 * num_frequencies + int(width_feature)
+        self.inner = nn.Linear(in_features, hidden)
+        self.outer = nn.Linear(hidden, 2 * d0)
+        with torch.no_grad():
+            # features are O(1); this keeps G's entries O(1) as well
+            nn.init.normal_(self.inner.weight, std=1.0 / math.sqrt(2 * num_frequencies))
+            nn.init.uniform_(self.inner.bias, -math.pi, math.pi)
+            nn.init.normal_(self.outer.weight, std=1.0 / math.sqrt(hidden) * math.sqrt(2.0))
+            nn.init.zeros_(self.outer.bias)
+            if width_feature:
+                self.inner.weight[:, -1].zero_()
+
+    def features(self, d: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """φ, shape (d, 2F [+1]): Fourier features of the unit coordinates (+ the width feature)."""
+        device = self.frequencies.device
+        if positions is None:
+            positions = (torch.arange(d, device=device, dtype=torch.float32) + 0.5) / d
+        angles = 2 * math.pi * positions.to(device, torch.float32)[:, None] * self.frequencies[None, :]
+        parts = [torch.sin(angles), torch.cos(angles)]
+        if self.width_feature:
+            parts.append(torch.full((d, 1), math.log(d / self.d0) / math.log(16.0), device=device))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, d: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if d < 1:
+            raise ValueError(f"projector width must be >= 1, got {d}")
+        grid = self.outer(F.gelu(self.inner(self.features(d, positions))))  # (d, 2 d0)
+        p_out = grid[:, : self.d0] / math.sqrt(self.d0)
+        p_in = grid[:, self.d0 :].t() / math.sqrt(d)
+        return p_out, p_in
+
+    def macs(self, d: int) -> int:
+        """Multiply-adds of one call for width d (the two matrix products)."""
+        return d * (self.inner.in_features * self.inner.out_features + self.outer.in_features * self.outer.out_features)
+
+
+# --------------------------------------------------------------------------- mixer, router
+
+
+class SineMixer(nn.Module):
+    """g_θ: ``m(ℓ/L, type) = 1 + W₂ sin(W₁ [ℓ/L; one-hot(type)] + b₁) + b₂ + δθ[type] ∈ R^M``.
+
+    The ``1 +`` keeps every atom usable at start and leaves only small values to quantise.
+    δθ (``delta``, T×M, zeros) is the host-adaptation bias tuned alone after a transfer.
+    """
+
+    def __init__(self, num_atoms: int, num_types: int, hidden: int = 16, omega: float = 2.0) -> None:
+        super().__init__()
+        self.num_types = num_types
+        self.inner = nn.Linear(1 + num_types, hidden)
+        self.outer = nn.Linear(hidden, num_atoms)
+        self.delta = nn.Parameter(torch.zeros(num_types, num_atoms))
+        with torch.no_grad():
+            nn.init.normal_(self.inner.weight, std=omega)
+            nn.init.uniform_(self.inner.bias, -math.pi, math.pi)
+            nn.init.normal_(self.outer.weight, std=0.1 / math.sqrt(hidden))
+            nn.init.zeros_(self.outer.bias)
+
+    def forward(self, depth_fraction: float, type_index: int) -> torch.Tensor:
+        code = torch.zeros(1, 1 + self.num_types, device=self.delta.device, dtype=self.delta.dtype)
+        code[0, 0] = depth_fraction
+        code[0, 1 + type_index] = 1.0
+        return 1.0 + self.outer(torch.sin(self.inner(code)))[0] + self.delta[type_index]
+
+    def macs(self) -> int:
+        """Multiply-adds of one call (the two linear layers)."""
+        return self.inner.in_features * self.inner.out_features + self.outer.in_features * self.outer.out_features
+
+    def base_parameters(self) -> dict[str, nn.Parameter]:
+        """θ without δθ."""
+        return {n: p for n, p in self.named_parameters() if n != "delta"}
+
+
+class Router(nn.Module):
+    """r_φ: canonical hidden state and task embedding -> atom logits, ``W_r ẑ + W_t e_task + b``."""
+
+    def __init__(self, num_atoms: int, d0: int, num_tasks: int = 1, task_dim: int = 16) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_atoms, d0) / math.sqrt(d0))
+        self.task_embedding = nn.Parameter(torch.randn(num_tasks, task_dim) / math.sqrt(task_dim))
+        self.task_weight = nn.Parameter(torch.zeros(num_atoms, task_dim))
+        self.bias = nn.Parameter(torch.zeros(num_atoms))
+
+    def task_bias(self, task_id: int) -> torch.Tensor:
+        if not 0 <= task_id < self.task_embedding.shape[0]:
+            raise ValueError(f"model.task_id={task_id} is outside [0, num_tasks={self.task_embedding.shape[0]})")
+        embedding = self.task_embedding[task_id : task_id + 1]  # (1, task_dim): 2-D keeps FLOP counters exact
+        return F.linear(embedding, self.task_weight, self.bias)[0]
+
+
+# --------------------------------------------------------------------------- shared container
+
+
+class HyperShared(nn.Module):
+    """Everything UniHyperLoRA learns except the task head: atoms, h_ψ, g_θ (+δθ), r_φ.
+
+    Args:
+        num_atoms: M, the number of canonical rank-one atoms.
+        d0: canonical width.
+        top_k: atoms per token (1 or 2).
+        num_frequencies, max_frequency, generator_hidden, width_feature: see :class:`ProjectorGenerator`.
+        mixer_hidden: hidden width of the sine mixer.
+        mixer_omega: std of the mixer's first-layer weights (the sine's frequency scale).
+        num_tasks: rows of the router's task-embedding table.
+        task_dim: task-embedding size.
+        task_id: which task embedding the router reads.
+        threshold: gates ``σ(logit)`` below it are zeroed (0 keeps all k atoms active).
+        scale: s, multiplies the update.
+    """
+
+    def __init__(
+        self,
+        num_atoms: int = 128,
+        d0: int = 256,
+        top_k: int = 2,
+        num_frequencies: int = 16,
+        max_frequency: float = 64.0,
+        generator_hidden: int = 256,
+        width_feature: bool = True,
+        mixer_hidden: int = 16,
+        mixer_omega: float = 2.0,
+        num_tasks: int = 1,
+        task_dim: int = 16,
+        task_id: int = 0,
+        threshold: float = 0.0,
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if num_atoms < 1 or d0 < 1:
+            raise ValueError(f"model.num_atoms and model.d0 must be >= 1, got {num_atoms}, {d0}")
+        if not 1 <= top_k <= min(2, num_atoms):
+            raise ValueError(f"model.top_k must be 1 or 2 (and <= num_atoms), got {top_k}")
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"model.threshold must be in [0, 1), got {threshold}")
+        self.num_atoms, self.d0, self.top_k = num_atoms, d0, top_k
+        self.task_id, self.threshold, self.scale = task_id, threshold, scale
+        # U = 0, V random: a fresh adapter leaves the host unchanged (as LoRA's B = 0)
+        self.atoms_U = nn.Parameter(torch.zeros(num_atoms, d0))
+        self.atoms_V = nn.Parameter(torch.randn(num_atoms, d0) / math.sqrt(d0))
+        self.generator = ProjectorGenerator(d0, num_frequencies, max_frequency, generator_hidden, width_feature)
+        self.mixer = SineMixer(num_atoms, len(CANONICAL_TYPES), mixer_hidden, mixer_omega)
+        self.router = Router(num_atoms, d0, num_tasks, task_dim)
+        self.router.task_bias(task_id)  # fails early on a bad task_id
+        self.bypass = False  # True: every HyperLinear returns its base layer's output
+        self.num_layers = 1
+        self._positions: dict[int, torch.Tensor] = {}
+        self._eval_cache: dict = {}
+        self._step_cache: dict = {}
+        self._forward_id = 0
+        self._routing: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._token_mask: torch.Tensor | None = None
+        self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles: list = []
+
+    # ------------------------------------------------------------------ config
+
+    def config(self) -> dict:
+        gen, mix, rt = self.generator, self.mixer, self.router
+        return {
+            "num_atoms": self.num_atoms,
+            "d0": self.d0,
+            "top_k": self.top_k,
+            "num_frequencies": gen.frequencies.numel(),
+            "max_frequency": gen.max_frequency,
+            "generator_hidden": gen.inner.out_features,
+            "width_feature": gen.width_feature,
+            "mixer_hidden": mix.inner.out_features,
+            "num_tasks": rt.task_embedding.shape[0],
+            "task_dim": rt.task_embedding.shape[1],
+            "task_id": self.task_id,
+            "threshold": self.threshold,
+            "scale": self.scale,
+            "module_types": list(CANONICAL_TYPES),
+        }
+
+    # ------------------------------------------------------------------ host wiring
+
+    def attach(self, backbone: nn.Module, depths: Iterable[tuple[int, str | None]], num_layers: int) -> None:
+        """Register the hooks that reset per-forward state (on ``backbone``) and route tokens
+        once per block (a forward pre-hook on each block named in ``depths``)."""
+        self.detach()
+        self.num_layers = max(1, int(num_layers))
+        self._handles.append(backbone.register_forward_pre_hook(self._on_host_forward, with_kwargs=True))
+        self._handles.append(backbone.register_forward_hook(self._after_host_forward))
+        for depth, name in sorted(set(depths)):
+            if name is None:
+                continue
+            block = backbone.get_submodule(name)
+            self._handles.append(block.register_forward_pre_hook(self._block_hook(depth), with_kwargs=True))
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def set_positions(self, width: int, positions: torch.Tensor | None) -> None:
+        """Unit coordinates in [0, 1) to use for width ``width`` instead of ``(i+½)/d`` (e.g. a
+        width-pruned host keeping a subset of its source's units)."""
+        if positions is None:
+            self._positions.pop(width, None)
+        else:
+            if positions.shape != (width,):
+                raise ValueError(f"positions for width {width} must have shape ({width},), got {tuple(positions.shape)}")
+            self._positions[width] = positions.detach().float()
+        self._eval_cache.clear()
+
+    def _on_host_forward(self, module, args, kwargs):
+        self._forward_id += 1
+        self._step_cache.clear()
+        self._routing.clear()
+        self._stats = []
+        mask = kwargs.get("attention_mask")
+        self._token_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _after_host_forward(self, module, args, output):
+        self._routing.clear()  # a layer called on its own later must not see this forward's routes
+        self._token_mask = None
+
+    def _block_hook(self, depth: int):
+        def hook(module, args, kwargs):
+            if self.bypass:
+                return
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            if isinstance(hidden, torch.Tensor):
+                self._routing[depth] = self.route(hidden)
+
+        return hook
+
+    # ------------------------------------------------------------------ cached folds
+
+    def _trainable(self) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
+    def _cached(self, key: tuple, compute):
+        """Per-forward cache while training (ψ, U, V, φ change every step and the graph must be
+        fresh), and a cache keyed on the parameters' versions otherwise (eval, no grad)."""
+        key = tuple(int(k) if isinstance(k, torch.Tensor) else k for k in key)  # traced shapes are tensors
+        if self._trainable():
+            cache, full_key = self._step_cache, (key, self._forward_id)
+        else:
+            versions = tuple((p._version, p.data_ptr()) for p in self.parameters())
+            cache, full_key = self._eval_cache, (key, versions)
+            if full_key not in cache:
+                for old in [k for k in cache if k[0] == key]:
+                    del cache[old]
+        if full_key not in cache:
+            cache[full_key] = compute()
+        return cache[full_key]
+
+    def projectors(self, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P_out(d), P_in(d))`` from h_ψ."""
+        return self._cached(("P", d), lambda: self.generator(d, self._positions.get(d)))
+
+    def folded_in(self, d: int) -> torch.Tensor:
+        """``Ṽ(d) = V P_in(d) ∈ R^{M×d}``."""
+        return self._cached(("V", d), lambda: self.atoms_V @ self.projectors(d)[1])
+
+    def folded_out(self, d: int) -> torch.Tensor:
+        """``Ũ(d) = U P_out(d)ᵀ ∈ R^{M×d}``: row j is ``P_out(d) u_j``."""
+        return self._cached(("U", d), lambda: self.atoms_U @ self.projectors(d)[0].t())
+
+    def folded_router(self, d: int) -> torch.Tensor:
+        """``W_r P_in(d) ∈ R^{M×d}``."""
+        return self._cached(("R", d), lambda: self.router.weight @ self.projectors(d)[1])
+
+    def clear_cache(self) -> None:
+        self._eval_cache.clear()
+        self._step_cache.clear()
+
+    # ------------------------------------------------------------------ routing
+
+    def router_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``W_r P_in(d) (h / rms(h)) + W_t e_task + b``, shape (..., M)."""
+        rms = hidden.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+        logits = F.linear(hidden, self.folded_router(hidden.shape[-1])) / rms
+        return logits + self.router.task_bias(self.task_id)
+
+    def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k atoms per token and their gates: ``(indices (..., k) long, gates (..., k))``."""
+        top = self.router_logits(hidden).topk(self.top_k, dim=-1)
+        gates = torch.sigmoid(top.values)
+        if self.threshold > 0:
+            gates = gates * (gates >= self.threshold).to(gates.dtype)
+        self._record(gates)
+        return top.indices, gates
+
+    def _record(self, gates: torch.Tensor) -> None:
+        soft = gates.sum(-1)  # Σ_j π_j per token: differentiable E[k]
+        hard = (gates > 0).sum(-1).to(gates.dtype)
+        mask = self._token_mask
+        if mask is not None and mask.shape == soft.shape:
+            weight = mask.to(soft.dtype)
+            denominator = weight.sum().clamp(min=1.0)
+            self._stats.append(((soft * weight).sum() / denominator, (hard * weight).sum() / denominator))
+        else:
+            self._stats.append((soft.mean(), hard.mean()))
+
+    def routing_for(self, depth: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block-level routing of ``depth`` in this forward (computed from ``x`` if none)."""
+        routed = self._routing.get(depth)
+        if routed is not None and routed[0].shape[:-1] == x.shape[:-1]:
+            return routed
+        return self.route(x)
+
+    def expected_atoms(self) -> torch.Tensor | None:
+        """E[k] of the last forward: mean over routed blocks and real tokens of Σ_{j∈S} π_j (differentiable)."""
+        if not self._stats:
+            return None
+        return torch.stack([soft for soft, _ in self._stats]).mean()
+
+    def active_atoms(self) -> float | None:
+        """Mean number of atoms with a non-zero gate per real token in the last forward."""
+        if not self._stats:
+            return None
+        return float(torch.stack([hard for _, hard in self._stats]).mean())
+
+    @contextmanager
+    def bypassed(self):
+        """Run the host as if no adapter were inserted."""
+        previous, self.bypass = self.bypass, True
+        try:
+            yield
+        finally:
+            self.bypass = previous
+
+    # ------------------------------------------------------------------ accounting
+
+    def analytic_macs(self, num_tokens: int, hidden: int, layers: Iterable[tuple[int, int]], num_blocks: int) -> int:
+        """Multiply-adds the adapter adds to one host forward over ``num_tokens`` tokens, with the
+        per-width folds cached (inference): per token, the router's ``M·d`` per routed block and
+        ``k (d_in + d_out)`` per adapted layer; per forward, one mixer call per layer and one
+        task-bias product per block. Element-wise work (sigmoid, gates, rms) is not counted,
+        as fvcore does not count it either."""
+        layers = list(layers)
+        router = self.router
+        per_token = num_blocks * self.num_atoms * hidden + sum(self.top_k * (d_in + d_out) for d_in, d_out in layers)
+        per_forward = len(layers) * self.mixer.macs() + num_blocks * router.task_weight.numel()
+        return num_tokens * per_token + per_forward
+
+    def extra_repr(self) -> str:
+        return f"M={self.num_atoms}, d0={self.d0}, top_k={self.top_k}"
+
+
+# --------------------------------------------------------------------------- layers
+
+
+class HyperLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus the UniHyperLoRA update at one site.
+
+    It owns no parameters: ``adapter_parameters()`` is empty and the shared
+    :class:`HyperShared` is held by an unregistered reference (so it is saved once, by its owner).
+
+    Args:
+        base: the frozen linear layer (owned, kept frozen).
+        shared: the shared components.
+        depth: transformer block index ℓ (-1: none).
+        type_index: index of the canonical module type in :data:`CANONICAL_TYPES`.
+        dropout: dropout on the adapter's input.
+    """
+
+    def __init__(self, base: nn.Linear, shared: HyperShared, depth: int, type_index: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"HyperLinear wraps nn.Linear, got {type(base).__name__}")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.depth = depth
+        self.type_index = type_index
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        object.__setattr__(self, "_shared", shared)  # not a submodule
+
+    @property
+    def shared(self) -> HyperShared:
+        return self._shared
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def depth_fraction(self) -> float:
+        return max(self.depth, 0) / self.shared.num_layers
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """None of its own: every UniHyperLoRA parameter is shared (see :class:`HyperShared`)."""
+        return {}
+
+    def mixer_weights(self) -> torch.Tensor:
+        """``m(ℓ/L, type) ∈ R^M``."""
+        return self.shared.mixer(self.depth_fraction, self.type_index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base(x)
+        shared = self.shared
+        if shared.bypass:
+            return result
+        indices, gates = shared.routing_for(self.depth, x)
+        weights = gates * self.mixer_weights()[indices]  # g_j = π_j m_j, (..., k)
+        v_rows = shared.folded_in(self.in_features)[indices]  # (..., k, d_in)
+        u_rows = shared.folded_out(self.out_features)[indices]  # (..., k, d_out)
+        k = indices.shape[-1]
+        flat_x = self.dropout(x).reshape(-1, self.in_features, 1)
+        # a_j = ṽ_j · x for the k selected atoms only: (N, k, d_in) @ (N, d_in, 1)
+        responses = torch.bmm(v_rows.reshape(-1, k, self.in_features).to(x.dtype), flat_x)
+        coefficients = weights.reshape(-1, 1, k).to(x.dtype) * responses.transpose(1, 2)  # (N, 1, k)
+        # Σ_j g_j a_j ũ_j: (N, 1, k) @ (N, k, d_out)
+        update = torch.bmm(coefficients, u_rows.reshape(-1, k, self.out_features).to(x.dtype))
+        return result + shared.scale * update.reshape(result.shape)
+
+    def delta_weight(self, indices: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """ΔW of ONE token with atoms ``indices`` (k,) and gates (k,): ``s Σ_j π_j m_j P_out u_j v_jᵀ P_in``.
+        Only for tests (the forward never forms it)."""
+        shared = self.shared
+        p_out, _ = shared.projectors(self.out_features)
+        _, p_in = shared.projectors(self.in_features)
+        weights = gates * self.mixer_weights()[indices]
+        core = (shared.atoms_U[indices].t() * weights) @ shared.atoms_V[indices]  # (d0, d0)
+        return shared.scale * p_out @ core @ p_in
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, depth={self.depth}, "
+            f"type={CANONICAL_TYPES[self.type_index]}"
+        )
+
+
+class PortableHead(nn.Module):
+    """A task head any host can use: ``logits = W_h LN(P_in(d) h) + b`` on the pooled hidden state
+    (LN without affine parameters, so hosts with differently scaled states land on one scale)."""
+
+    def __init__(self, shared: HyperShared, num_labels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(shared.d0, num_labels)
+        object.__setattr__(self, "_shared", shared)
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        _, p_in = self._shared.projectors(pooled.shape[-1])
+        canonical = F.linear(pooled, p_in.to(pooled.dtype))
+        return self.linear(F.layer_norm(canonical, (canonical.shape[-1],)))

@@ -1,0 +1,338 @@
+"""UniHyperLoRA as a LightningModule: one adapter file for hosts of any width and depth.
+
+The math is in :mod:`pefthub.adapters.hyper`; storage in :mod:`pefthub.adapters.quant`.
+Not to be confused with HF PEFT's ``UniLoraConfig`` ("Uni-LoRA"), an unrelated method.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_save
+
+from pefthub import __version__
+from pefthub.adapters import quant
+from pefthub.adapters.hyper import (
+    CANONICAL_TYPES,
+    HyperLinear,
+    HyperShared,
+    PortableHead,
+    block_name,
+    canonical_type,
+)
+from pefthub.adapters.inject import AdapterSite, inject_adapters
+from pefthub.adapters.io import CONFIG_NAME, load_adapter, save_adapter
+from pefthub.backbones import default_targets
+from pefthub.methods.base import PEFTModule
+
+# Keys of HyperShared's constructor that fix tensor shapes: an adapter file decides them.
+STRUCTURAL_KEYS = (
+    "num_atoms",
+    "d0",
+    "num_frequencies",
+    "generator_hidden",
+    "width_feature",
+    "mixer_hidden",
+    "num_tasks",
+    "task_dim",
+    "max_frequency",
+)
+# Runtime settings a transfer takes from the file too (they change the adapter's function).
+BEHAVIOUR_KEYS = ("top_k", "threshold", "scale")
+INT8_TENSORS = (
+    "hyper.atoms_U",
+    "hyper.atoms_V",
+    "hyper.router.weight",
+    "hyper.generator.inner.weight",
+    "hyper.generator.outer.weight",
+)
+
+
+def storage_scheme(name: str, quantize: bool = True) -> str:
+    """How tensor ``name`` is stored: U, V, router and generator matrices int8 per row, the
+    mixer (θ and δθ) int4 per row, everything else (biases, task embeddings, head) float16."""
+    if not quantize:
+        return "float32"
+    if name in INT8_TENSORS:
+        return "int8_row"
+    if name.startswith("hyper.mixer."):
+        return "int4_row"
+    return "float16"
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    config_path = path / CONFIG_NAME if path.is_dir() else path.with_name(CONFIG_NAME)
+    with open(config_path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+class UniHyperLoRAModule(PEFTModule):
+    """UniHyperLoRA on the frozen backbone (DESIGN.md section 3):
+    ``y = W x + s Σ_{j∈top-k} π_j m_j(ℓ/L, type) · P_out(d_out) u_j (v_jᵀ P_in(d_in) x)``.
+
+    Args:
+        num_atoms: M, canonical rank-one atoms (u_j, v_j ∈ R^{d0}).
+        d0: canonical width.
+        top_k: atoms per token, 1 or 2 (chosen by the router once per block).
+        num_frequencies: Fourier frequencies of the projector generator's unit-coordinate features.
+        max_frequency: highest of them (cycles over the width); they are geometric from 1.
+        generator_hidden: hidden width of the generator MLP (bounds the projectors' rank).
+        width_feature: give the generator ``ln(d/d0)`` as an extra feature.
+        mixer_hidden: hidden width of the sine mixer g_θ (≈2k parameters at 16).
+        mixer_omega: std of the mixer's first-layer weights (sine frequency scale).
+        num_tasks: rows of the router's task-embedding table.
+        task_dim: size of a task embedding.
+        task_id: the task embedding this run uses.
+        threshold: router gates σ(logit) below it are zeroed, so fewer than k atoms can be active.
+        scale: s, multiplies the update.
+        dropout: dropout on the adapter input.
+        target_modules: module-name patterns to adapt (default: the family's attention and FFN
+            projections, as for LoRA).
+        module_types: extra ``pattern -> canonical type`` entries for targets outside the
+            builtin families (types: q, k, v, o, ffn_gate, ffn_in, ffn_out).
+        lambda_flops: λ_F of the budget loss ``λ_F E[k] + λ_Q ‖δθ‖²`` (E[k]: mean Σ_{j∈S} π_j per token).
+        lambda_delta: λ_Q of the budget loss.
+        quantize: store U, V, router, generator int8 and the mixer int4 (``false``: float32).
+        init_adapter: an adapter directory to start from (a transfer or δθ run); its
+            structural settings (num_atoms, d0, num_frequencies, generator_hidden,
+            width_feature, mixer_hidden, num_tasks, task_dim) replace the ones given here.
+        init_head: also load the adapter file's task head (``false`` for a task the source
+            never saw: the head starts fresh).
+        max_adapter_bytes: budget on the adapter files' size, checked at fit start (null: none).
+        max_flop_overhead: budget on the extra FLOPs of the host forward as a fraction (0.10 =
+            10 %), measured with fvcore at fit start (null: not checked).
+        budget_seq_len: sequence length of the FLOP measurement.
+        **kwargs: the shared arguments of :class:`~pefthub.methods.base.PEFTModule`.
+    """
+
+    method_name = "unihyperlora"
+
+    def __init__(
+        self,
+        num_atoms: int = 128,
+        d0: int = 256,
+        top_k: int = 2,
+        num_frequencies: int = 16,
+        max_frequency: float = 64.0,
+        generator_hidden: int = 256,
+        width_feature: bool = True,
+        mixer_hidden: int = 16,
+        mixer_omega: float = 2.0,
+        num_tasks: int = 1,
+        task_dim: int = 16,
+        task_id: int = 0,
+        threshold: float = 0.0,
+        scale: float = 1.0,
+        dropout: float = 0.0,
+        target_modules: list[str] | None = None,
+        module_types: dict[str, str] | None = None,
+        lambda_flops: float = 0.0,
+        lambda_delta: float = 0.0,
+        quantize: bool = True,
+        init_adapter: str | None = None,
+        init_head: bool = True,
+        max_adapter_bytes: int | None = 1_000_000,
+        max_flop_overhead: float | None = 0.10,
+        budget_seq_len: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        for key, value in (("lambda_flops", lambda_flops), ("lambda_delta", lambda_delta)):
+            if value < 0:
+                raise ValueError(f"model.{key} must be >= 0, got {value}")
+        self.hyper_kwargs = dict(
+            num_atoms=num_atoms,
+            d0=d0,
+            top_k=top_k,
+            num_frequencies=num_frequencies,
+            max_frequency=max_frequency,
+            generator_hidden=generator_hidden,
+            width_feature=width_feature,
+            mixer_hidden=mixer_hidden,
+            mixer_omega=mixer_omega,
+            num_tasks=num_tasks,
+            task_dim=task_dim,
+            task_id=task_id,
+            threshold=threshold,
+            scale=scale,
+        )
+        if init_adapter is not None:
+            stored = read_adapter_config(init_adapter)
+            if stored.get("method") != self.method_name:
+                raise ValueError(f"model.init_adapter={init_adapter!r} was saved by method {stored.get('method')!r}, not {self.method_name!r}")
+            self.hyper_kwargs.update({k: stored["hyper"][k] for k in (*STRUCTURAL_KEYS, *BEHAVIOUR_KEYS)})
+        self.adapter_dropout = dropout
+        self.target_modules = list(target_modules) if target_modules else None
+        self.module_types = dict(module_types or {})
+        self.lambda_flops = lambda_flops
+        self.lambda_delta = lambda_delta
+        self.quantize = quantize
+        self.max_adapter_bytes = max_adapter_bytes
+        self.max_flop_overhead = max_flop_overhead
+        self.budget_seq_len = budget_seq_len
+        self.sites: list[AdapterSite] = []
+        super().__init__(**kwargs)
+        if init_adapter is not None:
+            self.load_adapter(init_adapter, load_head=init_head)
+
+    # ------------------------------------------------------------------ building
+
+    def build_adapters(self) -> None:
+        patterns = self.target_modules or list(default_targets(self.family))
+        self.target_modules = patterns
+        types = {p: CANONICAL_TYPES.index(canonical_type(p, self.module_types)) for p in patterns}
+        self.hyper = HyperShared(**self.hyper_kwargs)
+        self.sites = inject_adapters(
+            self.backbone,
+            patterns,
+            lambda linear, site: HyperLinear(
+                linear, self.hyper, site.depth, types[site.module_type], self.adapter_dropout
+            ),
+        )
+        num_layers = int(getattr(self.backbone.config, "num_hidden_layers", 1))
+        self.hyper.attach(self.backbone, [(s.depth, block_name(s.name)) for s in self.sites], num_layers)
+        positions = getattr(self.backbone.config, "pefthub_unit_positions", None)
+        for width, coords in (positions or {}).items():  # derived (pruned) hosts: source coordinates
+            self.hyper.set_positions(int(width), torch.tensor(coords, dtype=torch.float32))
+        self.head = PortableHead(self.hyper, self.head.out_features)
+
+    # ------------------------------------------------------------------ losses, logging
+
+    def regularization(self) -> torch.Tensor | None:
+        """Budget loss ``λ_F E[k] + λ_Q ‖δθ‖²``."""
+        terms = []
+        expected = self.hyper.expected_atoms()
+        if self.lambda_flops > 0 and expected is not None:
+            terms.append(self.lambda_flops * expected)
+        if self.lambda_delta > 0:
+            terms.append(self.lambda_delta * self.hyper.mixer.delta.pow(2).sum())
+        return torch.stack(terms).sum() if terms else None
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self._log_routing("budget")
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        self._log_routing("val")
+
+    def _log_routing(self, prefix: str) -> None:
+        active, expected = self.hyper.active_atoms(), self.hyper.expected_atoms()
+        if active is None or expected is None:
+            return
+        on_step = prefix == "budget"
+        self.log(f"{prefix}/atoms_per_token", active, on_step=on_step, on_epoch=not on_step)
+        self.log(f"{prefix}/expected_atoms", expected.detach(), on_step=on_step, on_epoch=not on_step)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        figures = {
+            "budget/adapter_params": float(sum(p.numel() for p in self.hyper.parameters())),
+            "budget/head_params": float(sum(p.numel() for p in self.head.parameters())),
+            "budget/delta_params": float(self.hyper.mixer.delta.numel()),
+        }
+        for logger in self.loggers:
+            logger.log_metrics(figures, step=self.global_step)
+
+    def configure_callbacks(self) -> list:
+        from pefthub.callbacks.budget import BudgetCheck
+
+        return [
+            *super().configure_callbacks(),
+            BudgetCheck(self.max_adapter_bytes, self.max_flop_overhead, seq_len=self.budget_seq_len),
+        ]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _adapter_names(self) -> set[str]:
+        return {f"hyper.{n}" for n, _ in self.hyper.named_parameters()} | {f"head.{n}" for n, _ in self.head.named_parameters()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep every adapter tensor (also the ones a δθ phase froze), nothing of the host."""
+        super().on_save_checkpoint(checkpoint)
+        state = self.state_dict()
+        checkpoint["state_dict"] = {k: state[k] for k in sorted(self._adapter_names())}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(self._adapter_names() - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise ValueError(f"checkpoint lacks UniHyperLoRA tensor(s) {missing[:3]}; was it written by another method?")
+
+    # ------------------------------------------------------------------ adapter files
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """Every UniHyperLoRA tensor, unquantised: ``hyper.*`` (shared) and ``head.*``."""
+        tensors = {f"hyper.{n}": p for n, p in self.hyper.named_parameters()}
+        tensors.update({f"head.{n}": p for n, p in self.head.named_parameters()})
+        return tensors
+
+    def encoded_adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+        """The tensors as stored (quantised) and the per-tensor storage entries for the JSON."""
+        stored, entries = {}, {}
+        for name, tensor in self.adapter_tensors().items():
+            encoded, entry = quant.encode(name, tensor, storage_scheme(name, self.quantize))
+            stored.update(encoded)
+            entries[name] = entry
+        return stored, entries
+
+    def _file_config(self, entries: dict[str, dict]) -> dict[str, Any]:
+        """The adapter JSON: method, task and canonical settings only — no backbone name, width,
+        depth or layer list, so any host can load it."""
+        return {
+            "method": self.method_name,
+            "pefthub_version": __version__,
+            "task_type": self.task_type,
+            "num_labels": self.head.out_features,
+            "label_names": self.label_names,
+            "pooling": self.pooling,
+            "hyper": self.hyper.config(),
+            "storage": entries,
+        }
+
+    def adapter_file_bytes(self) -> int:
+        """Bytes of ``adapter.safetensors`` + ``adapter_config.json`` as :meth:`save_adapter` writes them."""
+        stored, entries = self.encoded_adapter()
+        config = {"format_version": 1, **self._file_config(entries)}
+        weights = safetensors_save({k: v.detach().cpu().contiguous() for k, v in stored.items()}, metadata={"format": "pt"})
+        return len(weights) + len(json.dumps(config, indent=2, sort_keys=True).encode()) + 1
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        stored, entries = self.encoded_adapter()
+        return save_adapter(directory, self._file_config(entries), stored)
+
+    def load_adapter(self, path: str | Path, load_head: bool = True) -> dict[str, Any]:
+        """Load an adapter saved by :meth:`save_adapter` from ANY host (no retraining needed).
+
+        Args:
+            path: adapter directory (or its safetensors/JSON file).
+            load_head: also load the task head (it must have this module's number of labels).
+        """
+        config, tensors = load_adapter(path)
+        if config["method"] != self.method_name:
+            raise ValueError(f"{path}: adapter was saved by method {config['method']!r}, this module is {self.method_name!r}")
+        own_config = self.hyper.config()
+        mismatched = {k: (config["hyper"].get(k), own_config[k]) for k in STRUCTURAL_KEYS if config["hyper"].get(k) != own_config[k]}
+        if mismatched:
+            raise ValueError(f"{path}: adapter settings differ from this module's (file, module): {mismatched}")
+        if load_head and config["num_labels"] != self.head.out_features:
+            raise ValueError(
+                f"{path}: the adapter's head has {config['num_labels']} labels, this task has "
+                f"{self.head.out_features}; set `model.init_head: false` to start a new head"
+            )
+        own = self.adapter_tensors()
+        names = [n for n in own if load_head or not n.startswith("head.")]
+        missing = [n for n in names if n not in config["storage"]]
+        if missing:
+            raise ValueError(f"{path}: adapter file lacks tensor(s) {missing[:3]}")
+        with torch.no_grad():
+            for name in names:
+                value = quant.decode(name, tensors, config["storage"][name])
+                if value.shape != own[name].shape:
+                    raise ValueError(f"{path}: tensor {name} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)}")
+                own[name].copy_(value)
+        self.hyper.clear_cache()
+        return config
