@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from pefthub.backbones import load_tokenizer
+from pefthub.data.sampling import EpochSeededSampler
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -34,6 +35,8 @@ class TaskDataModule(LightningDataModule):
         train_limit: use only the first ``train_limit`` training examples (after the
             builder's fixed shuffle), for quick runs; ``null`` uses all.
         eval_limit: likewise for validation and test.
+        shuffle_seed: the training order of epoch e is a permutation drawn from seed
+            ``shuffle_seed + e`` alone, so resumed runs see the same batches.
     """
 
     task_type = "sequence_classification"
@@ -47,6 +50,7 @@ class TaskDataModule(LightningDataModule):
         num_workers: int = 0,
         train_limit: int | None = None,
         eval_limit: int | None = None,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         for key, value in (("max_length", max_length), ("batch_size", batch_size)):
@@ -59,6 +63,7 @@ class TaskDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.train_limit = train_limit
         self.eval_limit = eval_limit
+        self.shuffle_seed = shuffle_seed
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: DatasetDict | None = None
 
@@ -125,10 +130,11 @@ class TaskDataModule(LightningDataModule):
             self.setup()
         if split not in self.datasets:
             raise ValueError(f"this task has no {split!r} split (it has {list(self.datasets)})")
+        dataset = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochSeededSampler(len(dataset), self.shuffle_seed) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=DataCollatorWithPadding(self.tokenizer, return_tensors="pt"),
             persistent_workers=self.num_workers > 0,

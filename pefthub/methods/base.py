@@ -24,6 +24,7 @@ from pefthub.adapters.inject import adapter_state, mark_only_adapters_trainable
 from pefthub.adapters.io import load_adapter, save_adapter, serialized_size
 from pefthub.backbones import CAUSAL_FAMILIES, family_of, hidden_size, load_backbone
 from pefthub.callbacks.adapter_export import SaveAdapter
+from pefthub.callbacks.rng import RNGState
 from pefthub.callbacks.timing import StepTimer
 from pefthub.metrics import build_metrics
 
@@ -120,7 +121,7 @@ class PEFTModule(LightningModule):
         return {}
 
     def configure_callbacks(self) -> list:
-        return [StepTimer(), SaveAdapter()]
+        return [StepTimer(), SaveAdapter(), RNGState()]
 
     # ------------------------------------------------------------------ forward / steps
 
