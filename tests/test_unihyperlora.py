@@ -221,3 +221,42 @@ def test_budget_check_names_both_figures():
     with pytest.raises(BudgetError, match=r"250,000 bytes.*1,000.*12\.5%.*10\.0%"):
         check.check({"budget/adapter_file_bytes": 250_000.0, "budget/flop_overhead": 0.125})
     check.check({"budget/adapter_file_bytes": 999.0, "budget/flop_overhead": 0.05})  # within both: no error
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def test_delta_phase_changes_only_delta_and_the_new_head(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from pefthub.callbacks.transfer import DeltaTuning
+    from pefthub.data import SentenceClassificationDataModule
+
+    _module().save_adapter(tmp_path / "source")
+    target = UniHyperLoRAModule(
+        backbone="tiny-bert-h48-l3", init_adapter=str(tmp_path / "source"), init_head=False, max_flop_overhead=None
+    )
+    before = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    data = SentenceClassificationDataModule(backbone="tiny-bert-h48-l3", task="sst2", max_length=16, batch_size=4, train_limit=16, eval_limit=8)
+    callback = DeltaTuning(steps=3, train_head=True)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=5, callbacks=[callback], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(target, datamodule=data)
+    assert trainer.global_step == 3
+    after = target.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"hyper.mixer.delta", "head.linear.weight", "head.linear.bias"}
+    assert callback.sizes == {"budget/delta_params": 7 * 128, "budget/new_head_params": 256 * 2 + 2}
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimised == {id(target.hyper.mixer.delta), *(id(p) for p in target.head.parameters())}
+
+
+def test_checkpoint_keeps_every_adapter_tensor_and_nothing_of_the_host():
+    module = _module()
+    checkpoint: dict = {"state_dict": module.state_dict()}
+    module.hyper.requires_grad_(False)  # as in the δθ phase: frozen tensors must still be saved
+    module.on_save_checkpoint(checkpoint)
+    names = set(checkpoint["state_dict"])
+    assert names == {f"hyper.{n}" for n, _ in module.hyper.named_parameters()} | {"head.linear.weight", "head.linear.bias"}
