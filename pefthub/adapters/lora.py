@@ -72,6 +72,63 @@ class LoRALinear(nn.Module):
         """ΔW = (alpha / r) B A, shape (d_out, d_in). Only for merging and tests."""
         return (self.lora_B @ self.lora_A) * self.scaling
 
+    def column_magnitudes(self) -> torch.Tensor:
+        """``‖B[:, i]‖ · ‖A[i, :]‖`` per rank-1 component: the Frobenius norm of ``b_i a_iᵀ``."""
+        return self.lora_B.detach().norm(dim=0) * self.lora_A.detach().norm(dim=1)
+
+    @torch.no_grad()
+    def resize(
+        self,
+        new_rank: int,
+        keep: list[int] | None = None,
+        keep_scaling: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Change the rank in place, keeping learned rank-1 components ``(B[:, i], A[i, :])``.
+
+        Kept components come first (in their old order); new ones are LoRA-initialised
+        (A rows Kaiming-uniform, B columns zero), so growing the rank changes no output when
+        ``keep_scaling`` holds the scaling fixed. Shrinking drops the components not in
+        ``keep`` (default: keep the ``new_rank`` largest ``‖B[:, i]‖·‖A[i, :]‖``), which changes
+        the output by exactly their sum. Rank 0 removes the adapter. New ``nn.Parameter``
+        objects replace ``lora_A``/``lora_B`` when the rank changes: rebuild the optimiser.
+
+        Args:
+            new_rank: the new r, in [0, min(d_in, d_out)].
+            keep: old component indices to keep (at most ``new_rank``, no duplicates).
+            keep_scaling: set ``alpha`` so that ``alpha / rank`` stays what it was (ΔW of the
+                kept components is then unchanged); otherwise keep ``alpha``.
+            generator: random source for the new A rows (reproducible reallocation).
+        """
+        max_rank = min(self.in_features, self.out_features)
+        if not 0 <= new_rank <= max_rank:
+            raise ValueError(f"LoRA rank must be in [0, {max_rank}] for this layer, got {new_rank}")
+        if self.merged:
+            raise RuntimeError("unmerge() the adapter before resizing it")
+        old_rank = self.rank
+        if keep is None:
+            order = torch.argsort(self.column_magnitudes(), descending=True, stable=True)
+            keep = sorted(order[: min(old_rank, new_rank)].tolist())
+        keep = list(keep)
+        if len(keep) > new_rank or len(set(keep)) != len(keep) or any(not 0 <= i < old_rank for i in keep):
+            raise ValueError(f"keep must list at most {new_rank} distinct indices in [0, {old_rank}), got {keep}")
+        if new_rank == old_rank and keep == list(range(old_rank)):
+            return
+        old_scaling = self.scaling
+        weight = self.lora_A
+        new_A = torch.empty(new_rank, self.in_features, dtype=weight.dtype, device=weight.device)
+        new_B = torch.zeros(self.out_features, new_rank, dtype=weight.dtype, device=weight.device)
+        if new_rank > len(keep):
+            nn.init.kaiming_uniform_(new_A[len(keep):], a=math.sqrt(5), generator=generator)
+        if keep:
+            index = torch.tensor(keep, device=weight.device)
+            new_A[: len(keep)] = self.lora_A.index_select(0, index)
+            new_B[:, : len(keep)] = self.lora_B.index_select(1, index)
+        self.lora_A = nn.Parameter(new_A, requires_grad=self.lora_A.requires_grad)
+        self.lora_B = nn.Parameter(new_B, requires_grad=self.lora_B.requires_grad)
+        if keep_scaling and old_rank > 0:
+            self.alpha = old_scaling * new_rank
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
         if self.merged or self.rank == 0:

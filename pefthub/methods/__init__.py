@@ -2,7 +2,9 @@
 
 from pefthub.methods.adalora import AdaLoRAModule
 from pefthub.methods.base import PEFTModule
+from pefthub.methods.glora import GLoRAModule
+from pefthub.methods.importance import ImportanceLoRAModule
 from pefthub.methods.lora import LoRAModule
 from pefthub.methods.unihyperlora import UniHyperLoRAModule
 
-__all__ = ["AdaLoRAModule", "LoRAModule", "PEFTModule", "UniHyperLoRAModule"]
+__all__ = ["AdaLoRAModule", "GLoRAModule", "ImportanceLoRAModule", "LoRAModule", "PEFTModule", "UniHyperLoRAModule"]
