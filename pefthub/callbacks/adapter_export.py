@@ -22,9 +22,12 @@ class SaveAdapter(Callback):
         self.use_best = use_best
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.fast_dev_run or not trainer.is_global_zero:
+        if trainer.fast_dev_run:
             return
+        # trainer.log_dir is a collective under DDP: every rank must ask before rank 0 writes
         directory = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "adapter")
+        if not trainer.is_global_zero:
+            return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
         if best:
             pl_module.load_trainable_from_checkpoint(best)

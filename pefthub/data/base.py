@@ -13,11 +13,10 @@ from typing import Any
 
 from datasets import DatasetDict
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from pefthub.backbones import load_tokenizer
-from pefthub.data.sampling import EpochSeededSampler
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
@@ -134,11 +133,21 @@ class TaskDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.shuffle_seed) if shuffle else None,
+            sampler=self._training_sampler(dataset) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=DataCollatorWithPadding(self.tokenizer, return_tensors="pt"),
             persistent_workers=self.num_workers > 0,
         )
+
+    def _training_sampler(self, dataset) -> DistributedSampler:
+        """Shuffled order drawn from ``shuffle_seed + epoch`` only (Lightning calls
+        ``set_epoch``), so a resumed run sees the uninterrupted run's batches; ``RandomSampler``
+        would draw its seed from the global RNG. Under DDP rank r takes positions r, r+W, ...
+        of the same permutation, so W ranks with batch b see exactly the batches one process
+        with batch W*b sees (Lightning keeps a DistributedSampler it is given)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.shuffle_seed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
