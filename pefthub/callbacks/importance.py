@@ -126,6 +126,10 @@ class ImportanceWarmup(Callback):
     def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
         estimator = pl_module.importance_estimator
         estimator.freeze()
+        if trainer.world_size > 1:
+            # each process saw its own micro-batches: average so every rank freezes the same
+            # values (the mean of per-rank values, not the value of the global gradient)
+            estimator.running = trainer.strategy.reduce(estimator.running.to(pl_module.device), reduce_op="mean").cpu().double()
         pl_module.on_importance_frozen()
         summary = pl_module.importance_summary()
         step = trainer.global_step

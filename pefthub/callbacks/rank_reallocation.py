@@ -28,8 +28,8 @@ def rebuild_optimizers(trainer: Trainer) -> None:
     - Each scheduler's state (``last_epoch``, step count, last lr) is restored and the
       param groups get the lr they had, so the schedule continues, not restarts.
 
-    Supports strategies whose ``setup_optimizers`` builds plain torch optimisers (single device,
-    DDP); not DeepSpeed/FSDP, which own their optimiser state.
+    For single-device strategies: a multi-process wrapper (DDP, FSDP, DeepSpeed) holds the old
+    parameter objects, so :class:`RankReallocation` refuses to run under one.
     """
     old_optimizers = list(trainer.optimizers)
     old_schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
@@ -75,6 +75,11 @@ class RankReallocation(Callback):
     """Reallocate once, after the importance warm-up (GLoRA); see the module docstring."""
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size > 1 and not pl_module.reallocated:
+            raise NotImplementedError(
+                "GLoRA's rank reallocation replaces parameters mid-run, which a multi-process strategy's "
+                "wrapper (DDP/FSDP/DeepSpeed) does not follow; train GLoRA on one device (trainer.devices: 1)"
+            )
         log_rank_pattern(trainer, pl_module, pl_module.current_ranks(), "initial" if not pl_module.reallocated else "reallocated")
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
