@@ -124,6 +124,10 @@ class TaskDataModule(LightningDataModule):
             tokenized[split] = dataset.with_format(columns=[c for c in MODEL_INPUTS if c in dataset.column_names])
         self.datasets = DatasetDict(tokenized)
 
+    def collator(self):
+        """Batch collation: dynamic padding (token tasks override it to pad labels with -100)."""
+        return DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.datasets is None:
             self.setup()
@@ -135,7 +139,7 @@ class TaskDataModule(LightningDataModule):
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             sampler=self._training_sampler(dataset) if shuffle else None,
             num_workers=self.num_workers,
-            collate_fn=DataCollatorWithPadding(self.tokenizer, return_tensors="pt"),
+            collate_fn=self.collator(),
             persistent_workers=self.num_workers > 0,
         )
 

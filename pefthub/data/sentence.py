@@ -4,55 +4,47 @@ from __future__ import annotations
 
 from typing import Any
 
-from datasets import DatasetDict, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from pefthub.data import builtin_tasks as builtin
-from pefthub.data.base import TaskDataModule
+from pefthub.data.labelled import LabelledTaskDataModule
 
 
-class SentenceClassificationDataModule(TaskDataModule):
-    """A builtin sentence-classification task (``sst2``).
+class SentenceClassificationDataModule(LabelledTaskDataModule):
+    """One text per example, one label: a builtin task or your own files.
+
+    Builtin tasks: ``sst2`` (default; trains on the VADER Rotten Tomatoes snippets with
+    every SST-2 dev sentence removed, tests on the real GLUE SST-2 dev set) and ``amazon``
+    (VADER Amazon review snippets, label = sign of the mean rating, a fixed seeded
+    split); see ``pefthub/data/builtin/<task>/manifest.json``. Your own files: e.g.
+    ``format: glue_tsv, glue_task: cola, train_file: CoLA/train.tsv, ...`` or
+    ``format: csv, text_field: review, label_field: stars`` (``configs/data/``).
 
     Args:
-        task: builtin task name; ``sst2`` trains on the VADER Rotten Tomatoes snippets with
-            every SST-2 dev sentence removed and tests on the real GLUE SST-2 dev set
-            (see ``pefthub/data/builtin/sst2/manifest.json``).
-        **kwargs: the shared arguments of :class:`~pefthub.data.base.TaskDataModule`.
+        text_field: name of the text field (default: the manifest's/preset's, else ``text``).
+        **kwargs: the source keys of :class:`~pefthub.data.labelled.LabelledTaskDataModule`
+            (``task``, ``format``, ``train_file``, ``label_field``, ``label_names``, ...)
+            and the shared arguments of :class:`~pefthub.data.base.TaskDataModule`.
     """
 
-    def __init__(self, task: str = "sst2", **kwargs: Any) -> None:
+    default_task = "sst2"
+
+    def __init__(self, text_field: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.task = task
-        self.manifest = builtin.manifest(task)
-        self.text_field = self.manifest.get("text_field", "text")
-        self.label_field = self.manifest.get("label_field", "label")
+        if self.preset is not None and len(self.preset.text_fields) != 1:
+            raise ValueError(
+                f"data.glue_task={self.glue_task!r} is a sentence-pair task; use pefthub.data.PairClassificationDataModule"
+            )
+        self.text_field = text_field or self._declared("text_field") or "text"
 
-    @property
-    def label_names(self) -> list[str]:
-        return list(self.manifest["label_names"])
-
-    @property
-    def primary_metric(self) -> str:
-        return self.manifest.get("primary_metric", "accuracy")
-
-    def load_splits(self) -> DatasetDict:
-        files = builtin.split_files(self.task)
-        # one builder per split: splits may carry different extra columns (score, idx, ...)
-        splits = DatasetDict({split: load_dataset("json", data_files=path, split="train") for split, path in files.items()})
-        for split, dataset in splits.items():
-            labels = set(dataset.unique(self.label_field))
-            bad = sorted(labels - set(range(self.num_labels)))
-            if bad:
-                raise ValueError(
-                    f"{files[split]}: labels {bad[:5]} outside 0..{self.num_labels - 1}"
-                )
-        return splits
+    def extract(self, row: dict[str, Any], location: str) -> dict[str, Any]:
+        return {"text": self._text(row, self.text_field, location)}
 
     def tokenize_batch(self, batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list]:
-        encoded = tokenizer(batch[self.text_field], truncation=True, max_length=self.max_length)
-        encoded["labels"] = batch[self.label_field]
+        encoded = tokenizer(batch["text"], truncation=True, max_length=self.max_length)
+        encoded["truncated"] = [bool(e.overflowing) for e in encoded.encodings] if encoded.encodings else [False] * len(batch["text"])
+        if "label" in batch:
+            encoded["labels"] = batch["label"]
         return encoded
 
     def fingerprint_parts(self) -> tuple:
-        return (*super().fingerprint_parts(), self.task)
+        return (*super().fingerprint_parts(), self.text_field)

@@ -42,7 +42,9 @@ class PEFTModule(LightningModule):
         backbone: backbone name or path (``tiny-bert``, ``minilm-l6``, a local HF directory
             or a hub id); the data module's tokenizer is linked to it.
         num_labels: number of classes; linked from the data module.
-        task_type: ``sequence_classification``; linked from the data module.
+        task_type: ``sequence_classification`` (one label per input, pooled head) or
+            ``token_classification`` (one label per token, per-token head; positions
+            labelled -100 are ignored in the loss); linked from the data module.
         label_names: class names in label-id order; linked from the data module and saved
             with the adapter.
         pooling: how a sequence becomes one vector for the head: ``mean`` (masked mean of
@@ -97,8 +99,8 @@ class PEFTModule(LightningModule):
         self.pooling = pooling
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(hidden_size(self.backbone), num_labels)
-        self.val_metrics = build_metrics(task_type, num_labels).clone(prefix="val/")
-        self.test_metrics = build_metrics(task_type, num_labels).clone(prefix="test/")
+        self.val_metrics = build_metrics(task_type, num_labels, self.label_names).clone(prefix="val/")
+        self.test_metrics = build_metrics(task_type, num_labels, self.label_names).clone(prefix="test/")
 
         self.build_adapters()
         mark_only_adapters_trainable(self.backbone)
@@ -126,11 +128,13 @@ class PEFTModule(LightningModule):
     # ------------------------------------------------------------------ forward / steps
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Class logits, shape (batch, num_labels)."""
+        """Class logits, shape (batch, num_labels); (batch, seq, num_labels) for token tasks."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.backbone(**kwargs).last_hidden_state
+        if self.task_type == "token_classification":
+            return self.head(self.head_dropout(hidden))
         return self.head(self.head_dropout(self.pool(hidden, attention_mask)))
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -144,12 +148,17 @@ class PEFTModule(LightningModule):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
+    @staticmethod
+    def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over every labelled position (labels == -100 are ignored)."""
+        return F.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=-100)
+
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self._logits(batch)
-        task_loss = F.cross_entropy(logits, batch["labels"])
+        task_loss = self.task_loss(logits, batch["labels"])
         loss = task_loss
         extra = self.regularization()
         if extra is not None:
@@ -164,7 +173,7 @@ class PEFTModule(LightningModule):
         logits = self._logits(batch)
         if "labels" not in batch:
             return
-        loss = F.cross_entropy(logits, batch["labels"])
+        loss = self.task_loss(logits, batch["labels"])
         metrics.update(logits.argmax(-1), batch["labels"])
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
@@ -178,6 +187,15 @@ class PEFTModule(LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         probabilities = self._logits(batch).softmax(-1)
         predicted = probabilities.argmax(-1)
+        if self.task_type == "token_classification":
+            # per example: the labelled positions (first subwords) where labels exist, else every real token
+            keep = batch["labels"] != -100 if "labels" in batch else batch["attention_mask"].bool()
+            rows = [(p[k].tolist(), q.max(-1).values[k].tolist()) for p, q, k in zip(predicted, probabilities, keep, strict=True)]
+            return {
+                "prediction": [ids for ids, _ in rows],
+                "label": [[self.label_names[i] for i in ids] for ids, _ in rows],
+                "probability": [probs for _, probs in rows],
+            }
         return {
             "prediction": predicted.tolist(),
             "label": [self.label_names[i] for i in predicted.tolist()],
