@@ -130,6 +130,13 @@ def main(args: list[str] | None = None) -> None:
         if code:
             sys.exit(code)
         return
+    from pefthub.config_check import ConfigKeyError, check_config_files
+
+    try:
+        check_config_files(argv)
+    except ConfigKeyError as error:
+        print(f"pefthub: error: {error}", file=sys.stderr)
+        sys.exit(2)
     PEFTHubCLI(
         PEFTModule,
         TaskDataModule,

@@ -59,7 +59,24 @@ def test_every_shipped_config_parses_with_a_tiny_backbone(config, tmp_path):
     assert "backbone: tiny-bert" in result.stdout
 
 
-def test_unknown_config_key_is_an_error(tmp_path):
+def test_unknown_flag_suggests_the_closest_key(tmp_path):
     result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "--model.rnak", "4"], tmp_path)
-    assert result.returncode != 0
-    assert "rnak" in result.stderr
+    assert result.returncode == 2
+    assert "unknown key 'model.rnak' in flag --model.rnak; did you mean 'rank'?" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("model:\n  init_args:\n    rnak: 4\n", "unknown key 'model.init_args.rnak' in {path}; did you mean 'rank'?"),
+        ("data:\n  init_args:\n    batchsize: 4\n", "unknown key 'data.init_args.batchsize' in {path}; did you mean 'batch_size'?"),
+        ("trainer:\n  max_epoch: 4\n", "unknown key 'trainer.max_epoch' in {path}; did you mean 'max_epochs'?"),
+    ],
+)
+def test_yaml_key_typo_names_file_and_closest_key(tmp_path, yaml_text, message):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml_text)
+    result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "-c", str(typo)], tmp_path)
+    assert result.returncode == 2
+    assert message.format(path=typo) in result.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may be started or written"
