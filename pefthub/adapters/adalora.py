@@ -280,11 +280,14 @@ class RankAllocator:
     # ------------------------------------------------------------------ importance
 
     def gradients_finite(self) -> bool:
-        for layer in self.layers.values():
-            for param in layer.adapter_parameters().values():
-                if param.grad is not None and not torch.isfinite(param.grad).all():
-                    return False
-        return True
+        """True when every present adapter gradient is finite (one host sync in all)."""
+        checks = [
+            torch.isfinite(param.grad).all()
+            for layer in self.layers.values()
+            for param in layer.adapter_parameters().values()
+            if param.grad is not None
+        ]
+        return bool(torch.stack(checks).all()) if checks else True
 
     @torch.no_grad()
     def update_importance(self) -> bool:
