@@ -28,6 +28,10 @@ from pefthub.callbacks.rng import RNGState
 from pefthub.callbacks.timing import StepTimer
 from pefthub.metrics import build_metrics
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message says at which step."""
+
+
 POOLINGS = ("auto", "mean", "cls", "last")
 
 
@@ -167,7 +171,18 @@ class PEFTModule(LightningModule):
         self.log("train/loss", task_loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        if not torch.isfinite(loss):
+            self._stop_on_non_finite(loss)
         return loss
+
+    def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
+        """Stop before backward/optimiser step so the weights and checkpoints stay good."""
+        last = getattr(self._trainer.checkpoint_callback, "last_model_path", "") if self._trainer is not None else ""
+        raise NonFiniteLossError(
+            f"training loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); stopped before "
+            f"the optimiser step. Last good checkpoint: {last or 'none written yet'}. "
+            "Lower model.optimizer's lr, or check the data for empty/degenerate examples."
+        )
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics) -> None:
         logits = self._logits(batch)
