@@ -41,3 +41,4 @@ def test_a_few_real_steps_change_only_adapter_and_head_weights():
     assert all(n.startswith("head.") or n.endswith((".lora_A", ".lora_B")) for n in changed)
     test_batch = next(iter(data.test_dataloader()))
     assert set(test_batch["labels"].tolist()) <= {0, 1}
+

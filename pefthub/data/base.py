@@ -18,6 +18,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from pefthub.backbones import load_tokenizer
 
+SUBSET_SEED = 0
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 
 
@@ -31,8 +32,9 @@ class TaskDataModule(LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test/predict batch size (default ``2 * batch_size``).
         num_workers: DataLoader worker processes.
-        train_limit: use only the first ``train_limit`` training examples (after the
-            builder's fixed shuffle), for quick runs; ``null`` uses all.
+        train_limit: use only ``train_limit`` training examples, drawn at random with the
+            fixed seed 0 (the same subset whatever ``shuffle_seed`` is; builtin files keep
+            their source order, which can be sorted by label), for quick runs; ``null`` uses all.
         eval_limit: likewise for validation and test.
         shuffle_seed: the training order of epoch e is a permutation drawn from seed
             ``shuffle_seed + e`` alone, so resumed runs see the same batches.
@@ -109,8 +111,9 @@ class TaskDataModule(LightningDataModule):
         tokenized = {}
         for split, dataset in raw.items():
             limit = self.train_limit if split == "train" else self.eval_limit
-            if limit is not None:
-                dataset = dataset.select(range(min(limit, len(dataset))))
+            if limit is not None and limit < len(dataset):
+                # a seeded random subset: the first rows of a file may all share a label
+                dataset = dataset.shuffle(seed=SUBSET_SEED).select(range(limit)).flatten_indices()
             key = repr((dataset._fingerprint, self.fingerprint_parts(), vocab_digest))
             fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
             dataset = dataset.map(
