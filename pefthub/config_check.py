@@ -45,6 +45,12 @@ def _import(class_path: str) -> type | None:
         return None  # LightningCLI reports bad class paths itself
 
 
+def _available(section: str) -> list[str]:
+    """The importable classes of ``pefthub.methods`` / ``pefthub.data`` (for error messages)."""
+    package = importlib.import_module("pefthub.methods" if section == "model" else "pefthub.data")
+    return sorted(f"{package.__name__}.{name}" for name in getattr(package, "__all__", []) if name[0].isupper())
+
+
 def _check(section: dict[str, Any], cls: type, where: str, prefix: str) -> None:
     accepted = accepted_arguments(cls)
     for key in section:
@@ -77,6 +83,11 @@ def check_config_files(argv: list[str]) -> None:
             value = config.get(section)
             if isinstance(value, dict) and value.get("class_path"):
                 class_paths[section] = value["class_path"]
+                if _import(value["class_path"]) is None:
+                    raise ConfigKeyError(
+                        f"{path}: {section}.class_path {value['class_path']!r} does not exist; "
+                        f"available: {_available(section)}"
+                    )
             cls = _import(class_paths[section]) if section in class_paths else None
             if cls is not None and isinstance(value, dict) and isinstance(value.get("init_args"), dict):
                 _check(value["init_args"], cls, path, f"{section}.init_args.")

@@ -256,7 +256,12 @@ class LabelledTaskDataModule(TaskDataModule):
             elif "train" not in raw:
                 raise ValueError("no train split to infer label names from: set data.label_names")
             else:
-                self._label_map = LabelMap.infer(self._raw_labels(raw["train"]), bio=self.is_token_task)
+                train = raw["train"]
+                if not train.rows:
+                    raise DataFormatError(f"{train.source}: the train split is empty")
+                if not any(self._has_label(row) for row in train.rows):
+                    raise DataFormatError(f"{train.locations[0]}: the training data has no {self.label_field!r} field")
+                self._label_map = LabelMap.infer(self._raw_labels(train), bio=self.is_token_task)
         train_ids: set[int] | None = None
         canonical = {}
         for split in [s for s in SPLITS if s in raw]:

@@ -250,6 +250,24 @@ class PEFTModule(LightningModule):
             logger.log_metrics(figures, step=self.global_step)
         self._fit_started = time.perf_counter()
 
+    def setup(self, stage: str) -> None:
+        """Refuse a data module whose tokenizer does not belong to this backbone (token ids
+        beyond the embedding table would otherwise fail deep inside the forward pass)."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data_backbone = getattr(datamodule, "backbone", None)
+        if data_backbone is not None and data_backbone != self.backbone_name:
+            raise ValueError(
+                f"data.backbone {data_backbone!r} (the tokenizer) differs from model.backbone {self.backbone_name!r}; "
+                "set only model.backbone (the CLI links it to the data module)"
+            )
+        tokenizer = getattr(datamodule, "_tokenizer", None)
+        embeddings = self.backbone.get_input_embeddings()
+        if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings.num_embeddings:
+            raise ValueError(
+                f"the data module's tokenizer has {len(tokenizer)} tokens but model.backbone {self.backbone_name!r} "
+                f"embeds only {embeddings.num_embeddings}: tokenizer and backbone do not belong together"
+            )
+
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -259,6 +277,13 @@ class PEFTModule(LightningModule):
         checkpoint["pefthub"] = {"version": __version__, "method": self.method_name, "backbone": self.backbone_name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        written_by = checkpoint.get("pefthub") or {}
+        for key, own in (("method", self.method_name), ("backbone", self.backbone_name)):
+            if written_by.get(key) not in (None, own):
+                raise ValueError(
+                    f"checkpoint was written by {key} {written_by[key]!r} but this run uses {key} {own!r}; "
+                    f"set model.{'class_path' if key == 'method' else 'backbone'} to match it or start a new run"
+                )
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
         missing = sorted(expected - set(checkpoint.get("state_dict", {})))
         if missing:
