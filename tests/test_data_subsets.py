@@ -15,3 +15,14 @@ def test_train_limit_draws_a_balanced_random_subset_not_the_first_rows():
     again = SentenceClassificationDataModule(task="sst2", backbone="tiny-bert", train_limit=1000, shuffle_seed=5)
     again.setup("fit")
     assert [int(x) for x in again.datasets["train"]["labels"]] == [int(x) for x in labels]
+
+
+def test_shuffle_seed_follows_seed_everything(monkeypatch):
+    import lightning.pytorch as pl
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # so teardown restores whatever was there before
+    pl.seed_everything(7)
+    assert SentenceClassificationDataModule(task="sst2", backbone="tiny-bert").shuffle_seed == 7
+    assert SentenceClassificationDataModule(task="sst2", backbone="tiny-bert", shuffle_seed=3).shuffle_seed == 3
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert SentenceClassificationDataModule(task="sst2", backbone="tiny-bert").shuffle_seed == 0

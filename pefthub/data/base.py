@@ -9,6 +9,7 @@ batches with dynamic padding. A task family supplies :meth:`load_splits` and
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from datasets import DatasetDict
@@ -37,7 +38,9 @@ class TaskDataModule(LightningDataModule):
             their source order, which can be sorted by label), for quick runs; ``null`` uses all.
         eval_limit: likewise for validation and test.
         shuffle_seed: the training order of epoch e is a permutation drawn from seed
-            ``shuffle_seed + e`` alone, so resumed runs see the same batches.
+            ``shuffle_seed + e`` alone, so resumed runs see the same batches; ``null`` (the
+            default) takes the run's ``seed_everything`` value (0 when none is set), so
+            "3 seeds" also means 3 data orders.
     """
 
     task_type = "sequence_classification"
@@ -51,7 +54,7 @@ class TaskDataModule(LightningDataModule):
         num_workers: int = 0,
         train_limit: int | None = None,
         eval_limit: int | None = None,
-        shuffle_seed: int = 0,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         for key, value in (("max_length", max_length), ("batch_size", batch_size)):
@@ -65,6 +68,9 @@ class TaskDataModule(LightningDataModule):
         self.train_limit = train_limit
         self.eval_limit = eval_limit
         self.shuffle_seed = shuffle_seed
+        if shuffle_seed is None:
+            # seed_everything (LightningCLI's `seed_everything` key) records its seed here
+            self.shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: DatasetDict | None = None
 

@@ -93,7 +93,7 @@ class LoRAModule(PEFTModule):
             alpha_pattern={name: scalings[name] * r for name, r in ranks.items() if name in scalings},
             num_labels=config.get("num_labels", 2),
             label_names=config.get("label_names"),
-            **kwargs,
+            **{"pooling": config["pooling"], **kwargs} if "pooling" in config else kwargs,
         )
         module.load_adapter(path)
         return module
