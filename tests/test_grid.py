@@ -1,0 +1,245 @@
+"""`pefthub grid`: expansion, overrides, config checks, a real tiny grid (restart, failure,
+results schema), and every shipped experiment file."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pefthub.grid import (
+    FAILED_NAME,
+    RESULT_NAME,
+    GridConfigError,
+    GridRunner,
+    expand,
+    set_dotted,
+    validate,
+)
+from pefthub.grid import main as grid_main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "experiments" / "tiny.yaml"
+EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
+
+
+def _grid_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`pefthub grid ...` as a user runs it (a subprocess)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "pefthub.cli", "grid", *args, "--no-progress"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def _grid(args: list[str]) -> tuple[int, str, str]:
+    """The grid command in this process (its runs are still subprocesses): saves the ~5 s
+    interpreter start-up per call."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = grid_main([*args, "--no-progress"])
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------------- expansion (no training)
+
+
+def test_set_dotted_goes_through_class_path_blocks():
+    config = {"model": {"class_path": "M", "init_args": {"rank": 8, "optimizer": {"class_path": "O", "init_args": {"lr": 1}}}}, "trainer": {}}
+    set_dotted(config, "model.rank", 2)
+    set_dotted(config, "model.optimizer.lr", 0.5)
+    set_dotted(config, "model.init_args.alpha", 4)
+    set_dotted(config, "trainer.max_epochs", 1)
+    set_dotted(config, "trainer.logger.init_args.name", "x")
+    assert config == {
+        "model": {"class_path": "M", "init_args": {"rank": 2, "alpha": 4, "optimizer": {"class_path": "O", "init_args": {"lr": 0.5}}}},
+        "trainer": {"max_epochs": 1, "logger": {"init_args": {"name": "x"}}},
+    }
+    with pytest.raises(GridConfigError, match="not a mapping"):
+        set_dotted(config, "trainer.max_epochs.x", 1)
+
+
+def test_tiny_grid_expands_methods_x_tasks_x_backbones_x_seeds(tmp_path):
+    runs = expand(TINY, runs_dir=tmp_path)
+    assert [r.run_id for r in runs] == [
+        "lora__sst2__tiny-bert__s0", "lora__sst2__tiny-bert__s1", "adalora__sst2__tiny-bert__s0", "adalora__sst2__tiny-bert__s1",
+    ]
+    for run in runs:
+        c = run.config
+        assert run.run_dir == tmp_path / "tiny" / run.run_id
+        assert c["seed_everything"] == run.seed and c["test_after_fit"] is True
+        assert c["model"]["init_args"]["backbone"] == "tiny-bert"
+        assert c["data"]["init_args"] == {"task": "sst2", "max_length": 32, "batch_size": 8, "train_limit": 32, "eval_limit": 32}
+        assert c["trainer"]["max_epochs"] == 2 and c["trainer"]["enable_progress_bar"] is False
+        assert c["trainer"]["logger"]["init_args"] == {"save_dir": str(tmp_path / "tiny"), "name": run.run_id, "version": ""}
+        classes = [cb["class_path"] for cb in c["trainer"]["callbacks"]]
+        assert classes[-2:] == ["pefthub.callbacks.grid_support.ProgressFile", "pefthub.callbacks.grid_support.FlopOverhead"]
+    assert runs[0].config["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/accuracy"
+    assert runs[2].config["model"]["class_path"] == "pefthub.methods.AdaLoRAModule"
+    # the config hash ignores where the runs live, and sees every setting
+    assert expand(TINY, runs_dir=tmp_path / "elsewhere")[0].config_hash == runs[0].config_hash
+    assert expand(TINY, runs_dir=tmp_path, sets=[("model.alpha", 3)])[0].config_hash != runs[0].config_hash
+    validate(runs)
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_overrides_apply_in_order_and_budgets_multiply_runs(tmp_path):
+    experiment = _write(tmp_path / "exp.yaml", {
+        "name": "order", "seeds": [3], "backbones": ["tiny-bert", "tiny-llama"],
+        "overrides": {"model.rank": 1, "model.alpha": 1, "trainer.max_epochs": 5},
+        "tasks": {
+            "sst2": {"overrides": {"model.alpha": 2, "data.train_limit": 7}},
+            "boolq": {"data": {"class_path": "pefthub.data.PairClassificationDataModule", "init_args": {"task": "boolq"}}},
+        },
+        "methods": {"lora": {"config": str(REPO / "configs" / "lora" / "{task}.yaml"), "overrides": {"model.dropout": 0.3},
+                             "budgets": {"r2": {"model.rank": 2}, "r4": {"model.rank": 4, "model.alpha": 9}}}},
+    })
+    runs = expand(experiment, runs_dir=tmp_path, sets=[("trainer.max_epochs", 1)])
+    assert len(runs) == 2 * 2 * 2  # tasks x backbones x budgets x 1 seed
+    by_id = {r.run_id: r for r in runs}
+    sst2 = by_id["lora_r4__sst2__tiny-llama__s3"].config
+    assert sst2["model"]["init_args"]["rank"] == 4 and sst2["model"]["init_args"]["alpha"] == 9
+    assert sst2["model"]["init_args"]["dropout"] == 0.3 and sst2["model"]["init_args"]["backbone"] == "tiny-llama"
+    assert sst2["data"]["init_args"]["train_limit"] == 7 and sst2["data"]["init_args"]["task"] == "sst2"
+    assert sst2["trainer"]["max_epochs"] == 1  # --set wins
+    boolq = by_id["lora_r2__boolq__tiny-bert__s3"].config
+    assert boolq["model"]["init_args"]["alpha"] == 1 and boolq["model"]["init_args"]["rank"] == 2
+    assert boolq["data"] == {"class_path": "pefthub.data.PairClassificationDataModule", "init_args": {"task": "boolq"}}
+    assert {r.budget for r in runs} == {"r2", "r4"} and {r.method for r in runs} == {"lora"}
+    only = expand(experiment, runs_dir=tmp_path, only={"tasks": ["boolq"], "backbones": ["tiny-bert"]})
+    assert [r.run_id for r in only] == ["lora_r2__boolq__tiny-bert__s3", "lora_r4__boolq__tiny-bert__s3"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": {"lora": {"config": "configs/tiny/lora_sst2.yaml", "rnak": 2}}}, "unknown key"),
+        ({"methods": {"lora": {"config": "configs/tiny/lora_sst2.yaml"}}, "tasks": {"sst2": {}}}, "no `data` block"),
+        ({"methods": {"lora": {"config": "configs/nowhere/{task}.yaml"}}}, "not found"),
+        ({"tasks": {"mine": {"data": {"class_path": "pefthub.data.SentenceClassificationDataModule", "init_args": {"path": "x.csv"}}}}}, "primary_metric"),
+        ({"seeds": []}, "seeds is empty"),
+    ],
+)
+def test_bad_experiment_files_fail_with_the_key_named(tmp_path, change, message):
+    base = yaml.safe_load(TINY.read_text())
+    base.update(change)
+    experiment = _write(tmp_path / "bad.yaml", base)
+    with pytest.raises(GridConfigError, match=message):
+        expand(experiment, runs_dir=tmp_path)
+
+
+def test_an_override_typo_is_caught_before_any_run(tmp_path):
+    code, _, err = _grid(["-c", str(TINY), "--runs-dir", str(tmp_path), "--set", "model.rnak=2"])
+    assert code == 2
+    assert "Option 'rnak' is not accepted" in err and "lora__sst2__tiny-bert__s0" in err
+    assert not (tmp_path / "tiny").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_shipped_experiment_expands_and_each_run_parses_as_a_fit_config(experiment, tmp_path):
+    runs = expand(experiment, runs_dir=tmp_path)
+    spec = yaml.safe_load(experiment.read_text())
+    if experiment.name != "tiny.yaml":
+        assert len(spec["seeds"]) >= 3, "comparisons use at least 3 seeds (DESIGN.md section 5)"
+    assert len({r.run_id for r in runs}) == len(runs)
+    validate(runs)
+
+
+# ---------------------------------------------------------------------- a real tiny grid
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory) -> Path:
+    """The tiny grid run for real once (4 runs of `pefthub fit` on tiny-bert, ~25 s)."""
+    work = tmp_path_factory.mktemp("grid")
+    result = _grid_cli(["-c", str(TINY), "--runs-dir", str(work / "runs")], work)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("done  ") == 4
+    return work / "runs" / "tiny"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_results_file_has_one_row_per_run_with_the_schema(tiny_grid):
+    rows = _rows(tiny_grid / "results.csv")
+    header = list(rows[0])
+    assert header[:14] == [
+        "experiment", "run_id", "method", "budget", "task", "backbone", "seed", "status", "primary_metric", "primary_value",
+        "test/accuracy", "test/f1_macro", "test/loss", "test/mcc",
+    ]
+    for column in ("trainable_params", "adapter_params", "adapter_bytes", "flop_overhead", "wall_time_s", "steps",
+                   "median_step_time_s", "cpu", "cpu_cores", "torch", "config"):
+        assert column in header
+    assert [(r["method"], r["seed"]) for r in rows] == [("lora", "0"), ("lora", "1"), ("adalora", "0"), ("adalora", "1")]
+    import torch
+
+    from pefthub.budget import adapter_file_bytes, count_parameters, flop_overhead
+    from pefthub.methods import LoRAModule
+
+    lora = LoRAModule(backbone="tiny-bert", rank=4, alpha=8)
+    expected_flops = flop_overhead(lora, seq_len=32)
+    for row in rows:
+        assert row["status"] == "ok" and row["primary_metric"] == "accuracy"
+        assert row["primary_value"] == row["test/accuracy"]
+        assert row["steps"] == "8"  # 32 examples / batch 8 x 2 epochs
+        assert row["torch"] == torch.__version__ and int(row["cpu_cores"]) == os.cpu_count()
+        run_dir = Path(row["run_dir"])
+        assert int(row["adapter_bytes"]) == adapter_file_bytes(run_dir / "adapter")
+        assert (run_dir / "grid_config.yaml").is_file() and (run_dir / "config.yaml").is_file()
+    for row in rows[:2]:
+        assert int(float(row["trainable_params"])) == count_parameters(lora, trainable_only=True)
+        assert int(row["adapter_params"]) == count_parameters(lora.backbone, trainable_only=True)
+        assert float(row["flop_overhead"]) == pytest.approx(expected_flops["overhead"], rel=1e-6)
+    accuracies = {r["run_id"]: float(r["test/accuracy"]) for r in rows}
+    assert all(0.0 <= a <= 1.0 for a in accuracies.values())
+    assert rows[2]["budget/active_rank"] == "24.0"  # adalora: target_rank 2 x 12 matrices
+
+
+def test_a_restarted_grid_skips_finished_runs_and_redoes_the_rest(tiny_grid):
+    work = tiny_grid.parent.parent
+    markers = {p.parent.name: p.stat().st_mtime_ns for p in tiny_grid.glob(f"*/{RESULT_NAME}")}
+    assert len(markers) == 4
+    redo = tiny_grid / "adalora__sst2__tiny-bert__s1"
+    (redo / RESULT_NAME).unlink()
+    before = _rows(tiny_grid / "results.csv")
+    code, out, err = _grid(["-c", str(TINY), "--runs-dir", str(work / "runs")])
+    assert code == 0, err[-3000:]
+    assert out.count("skip  ") == 3 and out.count("done  ") == 1
+    assert "done  adalora__sst2__tiny-bert__s1" in out
+    for name, mtime in markers.items():
+        if name != redo.name:
+            assert (tiny_grid / name / RESULT_NAME).stat().st_mtime_ns == mtime
+    after = _rows(tiny_grid / "results.csv")
+    # same seed, same config: the redone run reproduces its metrics exactly
+    assert [r["test/accuracy"] for r in after] == [r["test/accuracy"] for r in before]
+    runner = GridRunner(expand(TINY, runs_dir=work / "runs"), tiny_grid / "results.csv")
+    assert all(runner.finished(run) is not None for run in runner.runs)
+    changed = expand(TINY, runs_dir=work / "runs", sets=[("model.alpha", 5)])
+    assert all(GridRunner.finished(run) is None for run in changed)  # another config: not finished
+    code, dry, _ = _grid(["-c", str(TINY), "--runs-dir", str(work / "runs"), "--dry-run"])
+    assert code == 0 and dry.count("finished") == 4 and "pefthub.cli fit -c" in dry
+
+
+def test_a_failing_run_is_reported_and_not_marked_finished(tmp_path):
+    code, out, _ = _grid(["-c", str(TINY), "--runs-dir", str(tmp_path), "--methods", "lora", "--seeds", "0", "--set", "model.rank=0"])
+    assert code == 1
+    run_dir = tmp_path / "tiny" / "lora__sst2__tiny-bert__s0"
+    assert "FAIL  lora__sst2__tiny-bert__s0" in out
+    assert not (run_dir / RESULT_NAME).exists()
+    assert "model.rank must be >= 1" in json.loads((run_dir / FAILED_NAME).read_text())["log_tail"]
+    rows = _rows(tmp_path / "tiny" / "results.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "failed (exit 1)"
