@@ -34,7 +34,8 @@ Experiment file::
 
 A dotted key ``model.rank`` lands in ``model.init_args.rank`` (the ``class_path`` /
 ``init_args`` level is implied, as on LightningCLI's command line); ``trainer.max_epochs`` in
-``trainer``. Overrides apply in the order: experiment, task, method, budget, ``--set``.
+``trainer``. Overrides apply in the order: experiment, task, method, budget, ``--set``
+(``--set fw_lora:model.warmup_steps=10`` applies to one method's runs).
 Config paths are looked up relative to the working directory, then to the experiment file's
 folder and its parents.
 
@@ -77,6 +78,7 @@ from typing import Any
 
 import yaml
 
+AXES = ("methods", "budgets", "tasks", "backbones", "seeds")
 CONFIG_NAME = "grid_config.yaml"
 RESULT_NAME = "result.json"
 FAILED_NAME = "failed.json"
@@ -251,17 +253,26 @@ def expand(
         experiment_file: the experiment YAML.
         runs_dir: root of the run directories (default: the file's ``runs_dir`` or ``runs``).
         name: experiment name (default: the file's ``name`` or stem).
-        sets: extra ``(dotted key, value)`` overrides applied last (``--set``).
-        only: restrict axes, e.g. ``{"methods": ["lora"], "seeds": ["0"]}``.
+        sets: extra ``(dotted key, value)`` overrides applied last (``--set``); a key
+            ``<method>:<dotted key>`` applies to that method's runs only.
+        only: restrict axes, e.g. ``{"methods": ["lora"], "seeds": ["0"]}`` (axes: methods,
+            budgets, tasks, backbones, seeds; a method without budgets ignores ``budgets``).
     """
     experiment_file = Path(experiment_file)
     experiment = load_experiment(experiment_file)
     name = _safe(name or experiment["name"])
     root = Path(runs_dir or experiment.get("runs_dir") or "runs") / name
     sets = list(sets)
+    for key, _ in sets:
+        scope = key.rpartition(":")[0]
+        if scope and scope not in experiment["methods"]:
+            raise GridConfigError(f"--set {key}: {scope!r} is not one of the experiment's methods {list(experiment['methods'])}")
     only = {k: [str(v) for v in vs] for k, vs in (only or {}).items() if vs}
     for axis, chosen in only.items():
-        available = [str(v) for v in (experiment[axis] if axis in ("seeds", "backbones") else list(experiment[axis]))]
+        if axis == "budgets":
+            available = sorted({str(b) for m in experiment["methods"].values() for b in m.get("budgets") or {}})
+        else:
+            available = [str(v) for v in (experiment[axis] if axis in ("seeds", "backbones") else list(experiment[axis]))]
         missing = sorted(set(chosen) - set(available))
         if missing:
             raise GridConfigError(f"--{axis} {missing} not in the experiment's {axis} {available}")
@@ -293,6 +304,8 @@ def expand(
                 base_file = _find_file(config_path.replace("{task}", task_name), experiment_file)
                 base = yaml.safe_load(base_file.read_text()) or {}
                 budgets = method.get("budgets") or {"": {}}
+                if "budgets" in only and method.get("budgets"):
+                    budgets = {b: o for b, o in budgets.items() if str(b) in only["budgets"]}
                 for budget_name, budget_overrides in budgets.items():
                     for seed in chosen("seeds", experiment["seeds"]):
                         label = method_name + (f"_{budget_name}" if budget_name else "")
@@ -310,7 +323,9 @@ def expand(
                             for key, value in overrides.items():
                                 set_dotted(config, str(key), value)
                         for key, value in sets:
-                            set_dotted(config, key, value)
+                            scope, _, dotted = key.rpartition(":")
+                            if not scope or scope == method_name:
+                                set_dotted(config, dotted, value)
                         run_dir = root / run_id
                         _own_keys(config, backbone, seed, primary, run_dir, flops, flop_seq_len, base_file)
                         runs.append(
@@ -647,8 +662,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="experiment YAML (configs/experiments/<name>.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (runs, status, command) and exit")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every run, applied last (YAML value), e.g. --set trainer.max_epochs=1")
-    for axis in ("methods", "tasks", "backbones", "seeds"):
+                        help="override applied last (YAML value), e.g. --set trainer.max_epochs=1; "
+                        "METHOD:KEY=VALUE applies to one method's runs, e.g. --set fw_lora:model.warmup_steps=10")
+    for axis in AXES:
         parser.add_argument(f"--{axis}", default=None, help=f"comma-separated subset of the experiment's {axis}")
     parser.add_argument("--name", default=None, help="experiment name (the runs folder); default: the file's `name`")
     parser.add_argument("--runs-dir", default=None, help="root folder of the runs (default: the file's runs_dir or ./runs)")
@@ -659,7 +675,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
-        only = {axis: getattr(args, axis).split(",") for axis in ("methods", "tasks", "backbones", "seeds") if getattr(args, axis)}
+        only = {axis: getattr(args, axis).split(",") for axis in AXES if getattr(args, axis)}
         runs = expand(args.config, runs_dir=args.runs_dir, name=args.name, sets=_parse_set(args.set), only=only)
     except GridConfigError as error:
         print(f"pefthub grid: error: {error}", file=sys.stderr)

@@ -105,7 +105,7 @@ def test_overrides_apply_in_order_and_budgets_multiply_runs(tmp_path):
         "methods": {"lora": {"config": str(REPO / "configs" / "lora" / "{task}.yaml"), "overrides": {"model.dropout": 0.3},
                              "budgets": {"r2": {"model.rank": 2}, "r4": {"model.rank": 4, "model.alpha": 9}}}},
     })
-    runs = expand(experiment, runs_dir=tmp_path, sets=[("trainer.max_epochs", 1)])
+    runs = expand(experiment, runs_dir=tmp_path, sets=[("trainer.max_epochs", 1), ("lora:model.target_modules", ["query"])])
     assert len(runs) == 2 * 2 * 2  # tasks x backbones x budgets x 1 seed
     by_id = {r.run_id: r for r in runs}
     sst2 = by_id["lora_r4__sst2__tiny-llama__s3"].config
@@ -113,12 +113,19 @@ def test_overrides_apply_in_order_and_budgets_multiply_runs(tmp_path):
     assert sst2["model"]["init_args"]["dropout"] == 0.3 and sst2["model"]["init_args"]["backbone"] == "tiny-llama"
     assert sst2["data"]["init_args"]["train_limit"] == 7 and sst2["data"]["init_args"]["task"] == "sst2"
     assert sst2["trainer"]["max_epochs"] == 1  # --set wins
+    assert sst2["model"]["init_args"]["target_modules"] == ["query"]  # method-scoped --set
+    with pytest.raises(GridConfigError, match="not one of the experiment's methods"):
+        expand(experiment, runs_dir=tmp_path, sets=[("lorra:model.rank", 2)])
     boolq = by_id["lora_r2__boolq__tiny-bert__s3"].config
     assert boolq["model"]["init_args"]["alpha"] == 1 and boolq["model"]["init_args"]["rank"] == 2
     assert boolq["data"] == {"class_path": "pefthub.data.PairClassificationDataModule", "init_args": {"task": "boolq"}}
     assert {r.budget for r in runs} == {"r2", "r4"} and {r.method for r in runs} == {"lora"}
     only = expand(experiment, runs_dir=tmp_path, only={"tasks": ["boolq"], "backbones": ["tiny-bert"]})
     assert [r.run_id for r in only] == ["lora_r2__boolq__tiny-bert__s3", "lora_r4__boolq__tiny-bert__s3"]
+    only = expand(experiment, runs_dir=tmp_path, only={"budgets": ["r4"], "backbones": ["tiny-bert"]})
+    assert [r.run_id for r in only] == ["lora_r4__boolq__tiny-bert__s3", "lora_r4__sst2__tiny-bert__s3"]  # safe_dump sorted the tasks
+    with pytest.raises(GridConfigError, match="not in the experiment's budgets"):
+        expand(experiment, runs_dir=tmp_path, only={"budgets": ["r3"]})
 
 
 @pytest.mark.parametrize(
