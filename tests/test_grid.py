@@ -69,7 +69,7 @@ def test_set_dotted_goes_through_class_path_blocks():
 def test_tiny_grid_expands_methods_x_tasks_x_backbones_x_seeds(tmp_path):
     runs = expand(TINY, runs_dir=tmp_path)
     assert [r.run_id for r in runs] == [
-        "lora__sst2__tiny-bert__s0", "lora__sst2__tiny-bert__s1", "adalora__sst2__tiny-bert__s0", "adalora__sst2__tiny-bert__s1",
+        "lora__sst2__tiny-bert__s0", "lora__sst2__tiny-bert__s1", "glora__sst2__tiny-bert__s0", "glora__sst2__tiny-bert__s1",
     ]
     for run in runs:
         c = run.config
@@ -82,7 +82,7 @@ def test_tiny_grid_expands_methods_x_tasks_x_backbones_x_seeds(tmp_path):
         classes = [cb["class_path"] for cb in c["trainer"]["callbacks"]]
         assert classes[-2:] == ["pefthub.callbacks.grid_support.ProgressFile", "pefthub.callbacks.grid_support.FlopOverhead"]
     assert runs[0].config["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/accuracy"
-    assert runs[2].config["model"]["class_path"] == "pefthub.methods.AdaLoRAModule"
+    assert runs[2].config["model"]["class_path"] == "pefthub.methods.GLoRAModule"
     # the config hash ignores where the runs live, and sees every setting
     assert expand(TINY, runs_dir=tmp_path / "elsewhere")[0].config_hash == runs[0].config_hash
     assert expand(TINY, runs_dir=tmp_path, sets=[("model.alpha", 3)])[0].config_hash != runs[0].config_hash
@@ -191,7 +191,7 @@ def test_results_file_has_one_row_per_run_with_the_schema(tiny_grid):
     for column in ("trainable_params", "adapter_params", "adapter_bytes", "flop_overhead", "wall_time_s", "steps",
                    "median_step_time_s", "cpu", "cpu_cores", "torch", "config"):
         assert column in header
-    assert [(r["method"], r["seed"]) for r in rows] == [("lora", "0"), ("lora", "1"), ("adalora", "0"), ("adalora", "1")]
+    assert [(r["method"], r["seed"]) for r in rows] == [("lora", "0"), ("lora", "1"), ("glora", "0"), ("glora", "1")]
     import torch
 
     from pefthub.budget import adapter_file_bytes, count_parameters, flop_overhead
@@ -213,20 +213,19 @@ def test_results_file_has_one_row_per_run_with_the_schema(tiny_grid):
         assert float(row["flop_overhead"]) == pytest.approx(expected_flops["overhead"], rel=1e-6)
     accuracies = {r["run_id"]: float(r["test/accuracy"]) for r in rows}
     assert all(0.0 <= a <= 1.0 for a in accuracies.values())
-    assert rows[2]["budget/active_rank"] == "24.0"  # adalora: target_rank 2 x 12 matrices
 
 
 def test_a_restarted_grid_skips_finished_runs_and_redoes_the_rest(tiny_grid):
     work = tiny_grid.parent.parent
     markers = {p.parent.name: p.stat().st_mtime_ns for p in tiny_grid.glob(f"*/{RESULT_NAME}")}
     assert len(markers) == 4
-    redo = tiny_grid / "adalora__sst2__tiny-bert__s1"
+    redo = tiny_grid / "glora__sst2__tiny-bert__s1"
     (redo / RESULT_NAME).unlink()
     before = _rows(tiny_grid / "results.csv")
     code, out, err = _grid(["-c", str(TINY), "--runs-dir", str(work / "runs")])
     assert code == 0, err[-3000:]
     assert out.count("skip  ") == 3 and out.count("done  ") == 1
-    assert "done  adalora__sst2__tiny-bert__s1" in out
+    assert "done  glora__sst2__tiny-bert__s1" in out
     for name, mtime in markers.items():
         if name != redo.name:
             assert (tiny_grid / name / RESULT_NAME).stat().st_mtime_ns == mtime
@@ -250,3 +249,69 @@ def test_a_failing_run_is_reported_and_not_marked_finished(tmp_path):
     assert "model.rank must be >= 1" in json.loads((run_dir / FAILED_NAME).read_text())["log_tail"]
     rows = _rows(tmp_path / "tiny" / "results.csv")
     assert len(rows) == 1 and rows[0]["status"] == "failed (exit 1)"
+
+
+# ---------------------------------------------------------------------- analysis and the notebook
+
+
+def test_noise_check_verdicts():
+    from pefthub.analysis import noise_check
+
+    apart = noise_check([0.80, 0.81, 0.79], [0.70, 0.71, 0.69])
+    assert apart["delta"] == pytest.approx(0.10) and apart["combined_std"] == pytest.approx((2 * 0.01**2) ** 0.5)
+    assert apart["verdict"] == "distinguishable"
+    close = noise_check([0.80, 0.90, 0.70], [0.79, 0.88, 0.72])
+    assert close["delta"] == pytest.approx(0.01 / 3) and close["verdict"] == "inside the noise"
+    assert noise_check([0.8], [0.7, 0.6])["verdict"] == "too few seeds"
+    assert noise_check([0.5, 0.5], [0.5, 0.5])["verdict"] == "inside the noise"
+
+
+def test_analysis_loads_results_events_and_configs_of_the_tiny_grid(tiny_grid):
+    import statistics
+
+    from pefthub import analysis
+
+    runs = analysis.load_runs(tiny_grid / "results.csv")
+    assert list(runs["run_id"]) == [r["run_id"] for r in _rows(tiny_grid / "results.csv")]
+    assert list(runs["cfg.model.class_path"]) == ["pefthub.methods.LoRAModule"] * 2 + ["pefthub.methods.GLoRAModule"] * 2
+    assert list(runs["cfg.model.warmup_steps"].iloc[2:]) == [2, 2] and list(runs["cfg.seed_everything"]) == [0, 1, 0, 1]
+    summary = analysis.summarize(runs).set_index("method")
+    for method in ("lora", "glora"):
+        values = list(runs[runs["method"] == method]["primary_value"])
+        assert summary.loc[method, "mean"] == pytest.approx(statistics.mean(values))
+        assert summary.loc[method, "std"] == pytest.approx(statistics.stdev(values))
+        assert summary.loc[method, "n"] == 2
+    scalars = analysis.load_scalars(runs, prefixes=("val/", "rank/", "importance/"))
+    val = scalars[(scalars["tag"] == "val/accuracy") & (scalars["run_id"] == runs["run_id"][0])]
+    assert list(val["step"]) == [3, 7]  # validation after each of the 2 epochs (4 steps each; steps count from 0)
+    glora = runs.iloc[2]
+    matrix = analysis.rank_matrix(scalars, glora["run_id"], glora["run_dir"])
+    assert matrix.shape == (2, 6) and list(matrix.index) == [0, 1]
+    assert list(matrix.columns) == ["attention.self.query", "attention.self.key", "attention.self.value",
+                                    "attention.output.dense", "intermediate.dense", "output.dense"]
+    # GLoRA's reallocation keeps the total rank: 12 matrices x rank 4, as in the saved adapter
+    saved = json.loads((Path(glora["run_dir"]) / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+    assert matrix.to_numpy().sum() == sum(saved.values()) == 48
+    importance = analysis.final_values(scalars[scalars["run_id"] == glora["run_id"]], "importance")
+    per_matrix = importance[[analysis.site_of(n) is not None for n in importance["name"]]]
+    assert len(per_matrix) == 12 and (per_matrix["value"] >= 0).all()
+    compared = analysis.compare_to(runs, "lora")
+    assert list(compared["method"]) == ["glora"] and compared["verdict"].iloc[0] in ("inside the noise", "distinguishable")
+
+
+def test_compare_methods_notebook_executes_headless_on_the_tiny_grid(tiny_grid, monkeypatch, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PEFTHUB_RESULTS", str(tiny_grid / "results.csv"))
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws the figures
+    notebook = nbformat.read(REPO / "notebooks" / "compare_methods.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit the notebook without outputs"
+    NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert f"4 runs from {tiny_grid / 'results.csv'}; primary metric: accuracy" in text
+    assert "sst2 glora:" in text and "vs lora" in text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # metric vs budget, learning curves, GLoRA rank heat map, importance distributions
