@@ -315,3 +315,21 @@ def test_compare_methods_notebook_executes_headless_on_the_tiny_grid(tiny_grid, 
     assert "sst2 glora:" in text and "vs lora" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4  # metric vs budget, learning curves, GLoRA rank heat map, importance distributions
+
+
+def test_results_are_written_as_csv_and_parquet_with_fixed_columns_first(tmp_path):
+    import pandas as pd
+
+    from pefthub.grid import write_results
+
+    rows = [
+        {"run_id": "b", "method": "m", "status": "ok", "test/f1": 0.5, "budget/x": 1.0, "primary_value": 0.5},
+        {"run_id": "a", "method": "m", "status": "failed (exit 1)", "wall_time_s": 2.0},
+    ]
+    write_results(rows, tmp_path / "results.csv", parquet=True)
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:11] == ["experiment", "run_id", "method", "budget", "task", "backbone", "seed", "status",
+                           "primary_metric", "primary_value", "test/f1"]
+    assert header[-1] == "budget/x"
+    frame = pd.read_parquet(tmp_path / "results.parquet")
+    assert list(frame["run_id"]) == ["b", "a"] and list(frame.columns) == header
