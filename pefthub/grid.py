@@ -96,7 +96,7 @@ FIXED_COLUMNS = [
 TAIL_COLUMNS = [
     "trainable_params", "adapter_params", "adapter_bytes", "flop_overhead", "host_flops", "adapted_flops",
     "flop_note", "wall_time_s", "steps", "median_step_time_s",
-    "cpu", "cpu_cores", "torch", "gpu", "run_dir", "config",
+    "cpu", "cpu_cores", "omp_num_threads", "torch", "gpu", "run_dir", "config",
 ]
 
 
@@ -448,7 +448,7 @@ def adapter_figures(adapter_dir: Path) -> dict[str, Any]:
 
 
 def hardware(config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """CPU model and cores, torch version, and the GPU name when the run asked for one."""
+    """CPU model and cores, OMP_NUM_THREADS, torch version, and the GPU name when the run asked for one."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -468,7 +468,8 @@ def hardware(config: dict[str, Any] | None = None) -> dict[str, Any]:
 
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch": torch_version, "gpu": gpu}
+    threads = os.environ.get("OMP_NUM_THREADS", "")  # the runs inherit it; empty: torch's default (all cores)
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "omp_num_threads": threads, "torch": torch_version, "gpu": gpu}
 
 
 def collect_result(run: RunSpec, wall_time_s: float) -> dict[str, Any]:
