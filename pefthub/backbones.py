@@ -240,7 +240,7 @@ def packaged_model_dir(name: str) -> Path:
     return model_dir
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

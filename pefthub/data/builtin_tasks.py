@@ -8,7 +8,7 @@ Each task is a folder ``pefthub/data/builtin/<task>/`` with ``train.jsonl``,
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ def builtin_tasks() -> list[str]:
     return sorted(p.parent.name for p in BUILTIN_DIR.glob("*/manifest.json"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def manifest(task: str) -> dict[str, Any]:
     """The manifest of builtin ``task``; a clear error listing the builtin tasks otherwise."""
     path = BUILTIN_DIR / task / "manifest.json"
