@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--glora-warmup", type=int, default=5, help="steps of GLoRA's warm-up before its reallocation")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--adapter-dropout", type=float, default=0.05,
+                        help="dropout on the adapter input of the LoRA/AdaLoRA-family variants (pefthub and HF PEFT alike)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast to bfloat16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
@@ -335,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+    LORA["dropout"] = ADALORA["dropout"] = args.adapter_dropout
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -378,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {
             "variant": variant.name,
             "backbone": args.backbone, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "device": args.device, "dtype": args.dtype, "timed_steps": len(times),
+            "device": args.device, "dtype": args.dtype, "adapter_dropout": args.adapter_dropout, "timed_steps": len(times),
             "median_step_s": medians[variant.name], "p25_step_s": quart[0], "p75_step_s": quart[2],
             "ratio_to_floor": medians[variant.name] / medians["floor"] if "floor" in medians else float("nan"),
             "paired_ratio_to_floor": _paired(variant, by_name.get("floor")),
