@@ -10,6 +10,7 @@ from pefthub.adapters.inject import (
     mark_only_adapters_trainable,
 )
 from pefthub.adapters.lora import LoRALinear
+from pefthub.adapters.vera import VeRALinear, VeRAProjections
 
 __all__ = [
     "AdapterSite",
@@ -17,6 +18,8 @@ __all__ = [
     "SVDLinear",
     "export_as_lora",
     "LoRALinear",
+    "VeRALinear",
+    "VeRAProjections",
     "adapter_modules",
     "adapter_state",
     "find_targets",

@@ -6,5 +6,6 @@ from pefthub.methods.glora import GLoRAModule
 from pefthub.methods.importance import ImportanceLoRAModule
 from pefthub.methods.lora import LoRAModule
 from pefthub.methods.unihyperlora import UniHyperLoRAModule
+from pefthub.methods.vera import VeRAModule
 
-__all__ = ["AdaLoRAModule", "GLoRAModule", "ImportanceLoRAModule", "LoRAModule", "PEFTModule", "UniHyperLoRAModule"]
+__all__ = ["AdaLoRAModule", "GLoRAModule", "ImportanceLoRAModule", "LoRAModule", "PEFTModule", "UniHyperLoRAModule", "VeRAModule"]
