@@ -63,8 +63,9 @@ def test_projector_scale_is_stable_across_widths():
 # ----------------------------------------------------------------------------- the update
 
 
-def test_update_equals_materialised_delta_weight_per_token():
-    module = _module()
+def assert_update_equals_materialised_delta_weight(module) -> None:
+    """The reference: each token's output equals ``W x + ΔW x`` with ΔW formed explicitly by
+    :meth:`HyperLinear.delta_weight`, on a layer with d_in ≠ d_out (also used by the SAT-LoRA tests)."""
     layer = next(m for _, m in adapter_modules(module.backbone) if isinstance(m, HyperLinear) and m.out_features != m.in_features)
     x = torch.randn(3, 5, layer.in_features)
     with torch.no_grad():
@@ -77,6 +78,10 @@ def test_update_equals_materialised_delta_weight_per_token():
                 expected[b, t] = layer.base(x[b, t]) + delta @ x[b, t]
     assert not torch.allclose(y, layer.base(x), atol=1e-3)  # the update is not trivially zero
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_update_equals_materialised_delta_weight_per_token():
+    assert_update_equals_materialised_delta_weight(_module())
 
 
 def test_fresh_adapter_leaves_the_host_unchanged(batch):

@@ -11,6 +11,10 @@ Plain torch, no Lightning. Notation (DESIGN.md section 3): a frozen layer ``y = 
   per-unit size of ``P_out c`` independent of d (``E‖P_in x‖² = (1/d) Σ_i ‖G_in,i‖² · σ²_x``,
   a Riemann mean over t). ψ's parameter count does not depend on d; note that
   ``rank P(d) ≤ min(d, d0, generator_hidden)`` since the MLP's last layer is linear.
+* SAT-LoRA (the projector ablation, DESIGN.md section 3 point 9) replaces h_ψ by
+  :class:`LearnedProjectors` (``projector="learned"``): for each distinct width d of ONE host, free
+  parameters ``P_out(d) ∈ R^{d×d0}`` and ``P_in(d) ∈ R^{d0×d}``, used wherever h_ψ's are. Nothing
+  else changes; such an adapter only runs on hosts whose widths it has projectors for.
 * Mixer g_θ(ℓ/L, one-hot(type)) ∈ R^M: a two-layer sine MLP, ``m = 1 + W₂ sin(W₁ [ℓ/L; e_type] + b₁) + b₂ + δθ[type]``,
   where δθ ∈ R^{T×M} (T canonical module types, zero at start) is the only part tuned on a new host.
 * Router r_φ, once per transformer block and token, reading the block input h in canonical space:
@@ -35,6 +39,7 @@ import math
 import re
 from collections.abc import Iterable
 from contextlib import contextmanager
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +162,81 @@ class ProjectorGenerator(nn.Module):
         return d * (self.inner.in_features * self.inner.out_features + self.outer.in_features * self.outer.out_features)
 
 
+PROJECTOR_KINDS: tuple[str, ...] = ("generated", "learned")
+
+
+@cache
+def generated_projector_energy() -> float:
+    """``E[G_ij²]`` of a freshly initialised :class:`ProjectorGenerator`, so that learned projectors
+    can start at the same scale (it is ``‖P_in‖²_F / d0`` and ``‖P_out‖²_F / d`` in expectation).
+
+    With F frequencies ``‖φ‖² = Σ_f sin² + cos² = F`` exactly and the first-layer weights have
+    std ``1/√(2F)``, so a hidden pre-activation is ``z = a + b`` with ``a ~ N(0, ½)``,
+    ``b ~ U(−π, π)``; the second layer (std ``√(2/hidden)``, zero bias) gives
+    ``E[G²] = 2 E[gelu(z)²]`` whatever d, F and hidden are. Computed by quadrature (≈ 3.65).
+    """
+    nodes = torch.linspace(-8.0, 8.0, 1601, dtype=torch.float64)  # a / σ_a, σ_a = √½
+    density = torch.exp(-0.5 * nodes**2)
+    density = density / density.sum()
+    offsets = ((torch.arange(2048, dtype=torch.float64) + 0.5) / 2048 * 2 - 1) * math.pi  # b, uniform
+    z = math.sqrt(0.5) * nodes[:, None] + offsets[None, :]
+    return float(2.0 * (density[:, None] * F.gelu(z).pow(2)).sum(0).mean())
+
+
+class LearnedProjectors(nn.Module):
+    """SAT-LoRA's projectors: free ``P_out(d) ∈ R^{d×d0}`` and ``P_in(d) ∈ R^{d0×d}`` per width d.
+
+    Stored as ``p_out["<d>"]`` and ``p_in["<d>"]``. Each starts as a scaled random partial isometry
+    (``nn.init.orthogonal_``) with ``‖P‖²_F = e · rows``, e = :func:`generated_projector_energy`:
+    for inputs with unit-variance entries every output entry then has variance e,
+    ``E‖P_in x‖² = e d0`` and the per-unit ``E|(P_out c)_i|² = e`` at every width, exactly what the
+    generated projectors give at initialisation (so the two start with updates of one size). An
+    orthogonal matrix of shape (a, b) has ``min(a, b)`` unit singular values, so the gain is
+    ``√(e a / min(a, b))``.
+
+    Args:
+        d0: canonical width.
+    """
+
+    def __init__(self, d0: int) -> None:
+        super().__init__()
+        self.d0 = d0
+        self.p_out = nn.ParameterDict()
+        self.p_in = nn.ParameterDict()
+
+    @property
+    def widths(self) -> list[int]:
+        return sorted(int(k) for k in self.p_out.keys())
+
+    def add(self, widths: Iterable[int]) -> None:
+        """Create the projectors of every width in ``widths`` not yet present (on this module's
+        device once it has parameters)."""
+        existing = next(iter(self.parameters()), None)
+        device = existing.device if existing is not None else None
+        for d in sorted({int(w) for w in widths}):
+            if d < 1:
+                raise ValueError(f"projector width must be >= 1, got {d}")
+            if str(d) in self.p_out:
+                continue
+            p_out = torch.empty(d, self.d0, device=device)
+            p_in = torch.empty(self.d0, d, device=device)
+            energy = generated_projector_energy()
+            nn.init.orthogonal_(p_out, gain=math.sqrt(energy * d / min(d, self.d0)))
+            nn.init.orthogonal_(p_in, gain=math.sqrt(energy * self.d0 / min(d, self.d0)))
+            self.p_out[str(d)] = nn.Parameter(p_out)
+            self.p_in[str(d)] = nn.Parameter(p_in)
+
+    def forward(self, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(int(d))
+        if key not in self.p_out:
+            raise ValueError(
+                f"SAT-LoRA has no learned projector for width {int(d)} (it has widths {self.widths}): "
+                "its projectors are learned per host, so SAT-LoRA must be retrained for each host "
+                "(UniHyperLoRA's generated projectors are the ones that transfer)"
+            )
+        return self.p_out[key], self.p_in[key]
+
+
 # --------------------------------------------------------------------------- mixer, router
 
 
@@ -221,7 +301,12 @@ class HyperShared(nn.Module):
         num_atoms: M, the number of canonical rank-one atoms.
         d0: canonical width.
         top_k: atoms per token (1 or 2).
-        num_frequencies, max_frequency, generator_hidden, width_feature: see :class:`ProjectorGenerator`.
+        projector: where ``P_out(d)``, ``P_in(d)`` come from. ``"generated"`` (UniHyperLoRA): the
+            generator h_ψ, any width. ``"learned"`` (SAT-LoRA): free per-width matrices
+            (:class:`LearnedProjectors`, in ``self.learned``; ``self.generator`` is None), created
+            by :meth:`add_projectors` for the host's widths; other widths are an error.
+        num_frequencies, max_frequency, generator_hidden, width_feature: see
+            :class:`ProjectorGenerator` (generated projectors only).
         mixer_hidden: hidden width of the sine mixer.
         mixer_omega: std of the mixer's first-layer weights (the sine's frequency scale).
         num_tasks: rows of the router's task-embedding table.
@@ -247,8 +332,11 @@ class HyperShared(nn.Module):
         task_id: int = 0,
         threshold: float = 0.0,
         scale: float = 1.0,
+        projector: str = "generated",
     ) -> None:
         super().__init__()
+        if projector not in PROJECTOR_KINDS:
+            raise ValueError(f"projector must be one of {PROJECTOR_KINDS}, got {projector!r}")
         if num_atoms < 1 or d0 < 1:
             raise ValueError(f"model.num_atoms and model.d0 must be >= 1, got {num_atoms}, {d0}")
         if not 1 <= top_k <= min(2, num_atoms):
@@ -260,7 +348,13 @@ class HyperShared(nn.Module):
         # U = 0, V random: a fresh adapter leaves the host unchanged (as LoRA's B = 0)
         self.atoms_U = nn.Parameter(torch.zeros(num_atoms, d0))
         self.atoms_V = nn.Parameter(torch.randn(num_atoms, d0) / math.sqrt(d0))
-        self.generator = ProjectorGenerator(d0, num_frequencies, max_frequency, generator_hidden, width_feature)
+        self.projector = projector
+        if projector == "generated":
+            self.generator = ProjectorGenerator(d0, num_frequencies, max_frequency, generator_hidden, width_feature)
+            self.learned = None
+        else:  # SAT-LoRA: no h_ψ at all
+            self.generator = None
+            self.learned = LearnedProjectors(d0)
         self.mixer = SineMixer(num_atoms, len(CANONICAL_TYPES), mixer_hidden, mixer_omega)
         self.router = Router(num_atoms, d0, num_tasks, task_dim)
         self.router.task_bias(task_id)  # fails early on a bad task_id
@@ -278,15 +372,23 @@ class HyperShared(nn.Module):
     # ------------------------------------------------------------------ config
 
     def config(self) -> dict:
+        """The settings an adapter file records. Generated projectors: the generator's settings.
+        Learned projectors: ``"projector": "learned"`` and the widths they exist for."""
         gen, mix, rt = self.generator, self.mixer, self.router
+        if gen is not None:
+            projector = {
+                "num_frequencies": gen.frequencies.numel(),
+                "max_frequency": gen.max_frequency,
+                "generator_hidden": gen.inner.out_features,
+                "width_feature": gen.width_feature,
+            }
+        else:
+            projector = {"projector": "learned", "widths": self.learned.widths}
         return {
             "num_atoms": self.num_atoms,
             "d0": self.d0,
             "top_k": self.top_k,
-            "num_frequencies": gen.frequencies.numel(),
-            "max_frequency": gen.max_frequency,
-            "generator_hidden": gen.inner.out_features,
-            "width_feature": gen.width_feature,
+            **projector,
             "mixer_hidden": mix.inner.out_features,
             "num_tasks": rt.task_embedding.shape[0],
             "task_dim": rt.task_embedding.shape[1],
@@ -316,9 +418,18 @@ class HyperShared(nn.Module):
             handle.remove()
         self._handles = []
 
+    def add_projectors(self, widths: Iterable[int]) -> None:
+        """Learned projectors only: create ``P_out(d)``, ``P_in(d)`` for each width d of the host
+        (the adapted layers' d_in and d_out, and the hidden size the router and head read)."""
+        if self.learned is None:
+            raise ValueError("add_projectors is for learned projectors (projector='learned'); generated ones cover every width")
+        self.learned.add(widths)
+        self.clear_cache()
+
     def set_positions(self, width: int, positions: torch.Tensor | None) -> None:
         """Unit coordinates in [0, 1) to use for width ``width`` instead of ``(i+½)/d`` (e.g. a
-        width-pruned host keeping a subset of its source's units)."""
+        width-pruned host keeping a subset of its source's units). Generated projectors only;
+        learned ones ignore them."""
         if positions is None:
             self._positions.pop(width, None)
         else:
@@ -371,7 +482,9 @@ class HyperShared(nn.Module):
         return cache[full_key]
 
     def projectors(self, d: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P_out(d), P_in(d))`` from h_ψ."""
+        """``(P_out(d), P_in(d))``: from h_ψ, or the learned ones (a ValueError for a width without)."""
+        if self.learned is not None:
+            return self.learned(d)
         return self._cached(("P", d), lambda: self.generator(d, self._positions.get(d)))
 
     def folded_in(self, d: int) -> torch.Tensor:
@@ -461,7 +574,7 @@ class HyperShared(nn.Module):
         return num_tokens * per_token + per_forward
 
     def extra_repr(self) -> str:
-        return f"M={self.num_atoms}, d0={self.d0}, top_k={self.top_k}"
+        return f"M={self.num_atoms}, d0={self.d0}, top_k={self.top_k}, projector={self.projector}"
 
 
 # --------------------------------------------------------------------------- layers

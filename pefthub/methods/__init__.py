@@ -5,7 +5,8 @@ from pefthub.methods.base import PEFTModule
 from pefthub.methods.glora import GLoRAModule
 from pefthub.methods.importance import ImportanceLoRAModule
 from pefthub.methods.lora import LoRAModule
+from pefthub.methods.satlora import SATLoRAModule
 from pefthub.methods.unihyperlora import UniHyperLoRAModule
 from pefthub.methods.vera import VeRAModule
 
-__all__ = ["AdaLoRAModule", "GLoRAModule", "ImportanceLoRAModule", "LoRAModule", "PEFTModule", "UniHyperLoRAModule", "VeRAModule"]
+__all__ = ["AdaLoRAModule", "GLoRAModule", "ImportanceLoRAModule", "LoRAModule", "PEFTModule", "SATLoRAModule", "UniHyperLoRAModule", "VeRAModule"]

@@ -40,6 +40,8 @@ STRUCTURAL_KEYS = (
     "task_dim",
     "max_frequency",
 )
+# The same for learned (SAT-LoRA) projectors: there is no generator.
+LEARNED_STRUCTURAL_KEYS = ("num_atoms", "d0", "mixer_hidden", "num_tasks", "task_dim")
 # Runtime settings a transfer takes from the file too (they change the adapter's function).
 BEHAVIOUR_KEYS = ("top_k", "threshold", "scale")
 INT8_TENSORS = (
@@ -52,11 +54,12 @@ INT8_TENSORS = (
 
 
 def storage_scheme(name: str, quantize: bool = True) -> str:
-    """How tensor ``name`` is stored: U, V, router and generator matrices int8 per row, the
-    mixer (θ and δθ) int4 per row, everything else (biases, task embeddings, head) float16."""
+    """How tensor ``name`` is stored: U, V, router, generator matrices and SAT-LoRA's learned
+    projectors int8 per row, the mixer (θ and δθ) int4 per row, everything else (biases, task
+    embeddings, head) float16."""
     if not quantize:
         return "float32"
-    if name in INT8_TENSORS:
+    if name in INT8_TENSORS or name.startswith("hyper.learned."):
         return "int8_row"
     if name.startswith("hyper.mixer."):
         return "int4_row"
@@ -110,6 +113,9 @@ class UniHyperLoRAModule(PEFTModule):
     """
 
     method_name = "unihyperlora"
+    # where the projectors come from (see HyperShared); SATLoRAModule sets "learned"
+    projector = "generated"
+    structural_keys = STRUCTURAL_KEYS
 
     def __init__(
         self,
@@ -158,12 +164,13 @@ class UniHyperLoRAModule(PEFTModule):
             task_id=task_id,
             threshold=threshold,
             scale=scale,
+            projector=self.projector,
         )
         if init_adapter is not None:
             stored = read_adapter_config(init_adapter)
             if stored.get("method") != self.method_name:
                 raise ValueError(f"model.init_adapter={init_adapter!r} was saved by method {stored.get('method')!r}, not {self.method_name!r}")
-            self.hyper_kwargs.update({k: stored["hyper"][k] for k in (*STRUCTURAL_KEYS, *BEHAVIOUR_KEYS)})
+            self.hyper_kwargs.update({k: stored["hyper"][k] for k in (*self.structural_keys, *BEHAVIOUR_KEYS)})
         self.adapter_dropout = dropout
         self.target_modules = list(target_modules) if target_modules else None
         self.module_types = dict(module_types or {})
@@ -192,6 +199,9 @@ class UniHyperLoRAModule(PEFTModule):
                 linear, self.hyper, site.depth, types[site.module_type], self.adapter_dropout
             ),
         )
+        if self.hyper.learned is not None:  # SAT-LoRA: one projector pair per width of this host
+            hidden = int(self.backbone.config.hidden_size)  # block inputs (router) and pooled state (head)
+            self.hyper.add_projectors({hidden, *(s.d_in for s in self.sites), *(s.d_out for s in self.sites)})
         num_layers = int(getattr(self.backbone.config, "num_hidden_layers", 1))
         self.hyper.attach(self.backbone, [(s.depth, block_name(s.name)) for s in self.sites], num_layers)
         positions = getattr(self.backbone.config, "pefthub_unit_positions", None)
@@ -305,7 +315,9 @@ class UniHyperLoRAModule(PEFTModule):
         return save_adapter(directory, self._file_config(entries), stored)
 
     def load_adapter(self, path: str | Path, load_head: bool = True) -> dict[str, Any]:
-        """Load an adapter saved by :meth:`save_adapter` from ANY host (no retraining needed).
+        """Load an adapter saved by :meth:`save_adapter` from ANY host (no retraining needed);
+        a SAT-LoRA adapter only into a host whose widths it has projectors for (extra ones are
+        ignored), anything else is a ValueError naming the missing widths.
 
         Args:
             path: adapter directory (or its safetensors/JSON file).
@@ -315,9 +327,18 @@ class UniHyperLoRAModule(PEFTModule):
         if config["method"] != self.method_name:
             raise ValueError(f"{path}: adapter was saved by method {config['method']!r}, this module is {self.method_name!r}")
         own_config = self.hyper.config()
-        mismatched = {k: (config["hyper"].get(k), own_config[k]) for k in STRUCTURAL_KEYS if config["hyper"].get(k) != own_config[k]}
+        mismatched = {k: (config["hyper"].get(k), own_config[k]) for k in self.structural_keys if config["hyper"].get(k) != own_config[k]}
         if mismatched:
             raise ValueError(f"{path}: adapter settings differ from this module's (file, module): {mismatched}")
+        if self.hyper.learned is not None:
+            missing_widths = sorted(set(own_config["widths"]) - set(config["hyper"].get("widths", [])))
+            if missing_widths:
+                raise ValueError(
+                    f"{path}: this SAT-LoRA adapter has learned projectors for widths {config['hyper'].get('widths')}, "
+                    f"but host {self.backbone_name!r} also needs width(s) {missing_widths}: SAT-LoRA's projectors are "
+                    "learned per host, so it must be retrained on each host (UniHyperLoRA is the method whose "
+                    "adapter transfers)"
+                )
         if load_head and config["num_labels"] != self.head.out_features:
             raise ValueError(
                 f"{path}: the adapter's head has {config['num_labels']} labels, this task has "
