@@ -6,6 +6,12 @@ hosts zero-shot, then tune δθ only; print one JSON line per measurement.
         --train-limit 4000 --epochs 1 --delta-steps 100 --out runs/unihyper-transfer
 
 Accuracy is on the builtin sst2 test split (the real GLUE SST-2 dev set, 872 sentences).
+
+``--satlora also`` adds the per-host baseline: SAT-LoRA (same atoms, mixer, router and head,
+projectors learned per width, no generator) trained directly on the source and on every target
+with the same data, epochs and learning rate (``what: "satlora"`` records: accuracy before and
+after the quantised save/load, adapter bytes, FLOP overhead). ``--satlora only`` skips the
+UniHyperLoRA transfer. The default (``off``) measures UniHyperLoRA alone, as before.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from lightning.pytorch import Trainer, seed_everything
 from pefthub.budget import flop_overhead
 from pefthub.callbacks.transfer import DeltaTuning
 from pefthub.data import SentenceClassificationDataModule
+from pefthub.methods.satlora import SATLoRAModule
 from pefthub.methods.unihyperlora import UniHyperLoRAModule
 
 
@@ -44,6 +51,31 @@ def _emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def _satlora_per_host(host: str, args, out: Path) -> None:
+    """Train SAT-LoRA directly on ``host`` (its byte budget is checked at fit start), test it,
+    save it quantised, reload it into the same host and test again."""
+    seed_everything(args.seed)
+    adamw = partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
+    module = SATLoRAModule(backbone=host, d0=args.satlora_d0, optimizer=adamw, lambda_delta=1e-3, max_flop_overhead=None)
+    flops = flop_overhead(module, seq_len=128)
+    data = _data(host, args)
+    started = time.perf_counter()
+    _trainer(max_epochs=args.epochs, limit_val_batches=0).fit(module, datamodule=data)
+    train_s = time.perf_counter() - started
+    module.eval()
+    fp32_acc = _test(module, data)
+    directory = out / "satlora" / host.replace(":", "_").replace("=", "-").replace(",", "-")
+    module.save_adapter(directory)
+    size = sum((directory / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
+    reloaded = SATLoRAModule(backbone=host, init_adapter=str(directory), max_flop_overhead=None).eval()
+    config = module.backbone.config
+    _emit({"what": "satlora", "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
+           "ffn": config.intermediate_size, "d0": args.satlora_d0, "widths": module.hyper.config()["widths"],
+           "train_examples": args.train_limit, "epochs": args.epochs, "train_s": round(train_s, 1),
+           "test_accuracy_fp32": fp32_acc, "test_accuracy": _test(reloaded, data), "adapter_bytes": size,
+           "adapter_params": sum(p.numel() for p in module.hyper.parameters()), "flop_overhead": flops["overhead"]})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="minilm-l6")
@@ -56,9 +88,18 @@ def main() -> None:
     parser.add_argument("--delta-lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/unihyper-transfer")
+    parser.add_argument("--satlora", choices=("off", "also", "only"), default="off",
+                        help="also train the SAT-LoRA baseline on every host (only: skip UniHyperLoRA)")
+    parser.add_argument("--satlora-d0", type=int, default=232,
+                        help="SAT-LoRA's d0 (232: the largest multiple of 8 within 1 MB on MiniLM-L6)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
+    if args.satlora != "off":
+        for host in [args.source, *args.targets]:
+            _satlora_per_host(host, args, out)
+        if args.satlora == "only":
+            return
     seed_everything(args.seed)
 
     adamw = partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
