@@ -175,6 +175,20 @@ def test_adapter_of_another_method(earlier_run, capsys, monkeypatch):
         AdaLoRAModule(backbone="tiny-bert").load_adapter(adapter)
 
 
+def test_satlora_adapter_on_a_host_of_another_width(earlier_run, tmp_path, capsys, monkeypatch):
+    from pefthub.methods import SATLoRAModule
+
+    adapter = tmp_path / "satlora"
+    SATLoRAModule(backbone="tiny-bert", num_atoms=16, d0=32, max_flop_overhead=None).save_adapter(adapter)
+    satlora = str(REPO / "configs" / "tiny" / "satlora_sst2.yaml")
+    message = _fails(
+        ["test", "-c", satlora, "--model.init_adapter", str(adapter), "--model.backbone", "tiny-bert-h48-l3"],
+        earlier_run, capsys, monkeypatch,
+    )
+    assert "projectors for widths [32, 64], but host 'tiny-bert-h48-l3' also needs width(s) [48, 96]" in message
+    assert "must be retrained on each host" in message
+
+
 @pytest.mark.parametrize("damage", ["truncated", "pickle"])
 def test_damaged_adapter_file(earlier_run, tmp_path, capsys, monkeypatch, damage):
     source = earlier_run / "runs" / "tiny" / "version_0" / "adapter"

@@ -236,3 +236,30 @@ def test_fit_tiny_config_through_the_cli(tmp_path):
     tensors = load_file(str(adapter / "adapter.safetensors"))
     assert tensors["hyper.learned.p_in.32.q"].shape == (32, 32)
     assert not math.isnan(float(tensors["hyper.learned.p_in.32.scale"].float().sum()))
+
+
+# ----------------------------------------------------------------------------- MiniLM budget
+
+
+@pytest.mark.slow
+def test_minilm_budget_defaults_over_config_within():
+    """The figures README and configs/satlora/sst2.yaml quote: at UniHyperLoRA's d0 = 256 the
+    SAT-LoRA file on MiniLM-L6 is over 1 MB (the fit-start check stops it), the config's d0 fits,
+    and d0 + 8 would not (it is the largest multiple of 8 that fits)."""
+    import yaml
+
+    from pefthub.callbacks.budget import BudgetCheck, BudgetError
+
+    config_d0 = yaml.safe_load((REPO / "configs" / "satlora" / "sst2.yaml").read_text())["model"]["init_args"]["d0"]
+    check = BudgetCheck(max_adapter_bytes=1_000_000, max_flop_overhead=None)
+    size = {}
+    for d0 in (256, config_d0 + 8, config_d0):
+        module = SATLoRAModule(backbone="minilm-l6", d0=d0, max_flop_overhead=None)
+        figures = check.measure(module)  # what fit start measures
+        size[d0] = figures["budget/adapter_file_bytes"]
+        if d0 == config_d0:
+            check.check(figures)
+        else:
+            with pytest.raises(BudgetError, match="over the budget max_adapter_bytes=1,000,000"):
+                check.check(figures)
+    assert size[256] > size[config_d0 + 8] > 1_000_000 >= size[config_d0]
