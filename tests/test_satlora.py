@@ -132,6 +132,20 @@ def test_fresh_adapter_leaves_the_host_unchanged(batch):
     assert torch.equal(adapted, plain)
 
 
+def test_fvcore_overhead_matches_the_analytic_count_as_for_unihyperlora():
+    """Learned projectors are folded and cached exactly as generated ones: same per-token cost."""
+    from pefthub.budget import flop_overhead
+
+    module = _module("tiny-bert-h48-l3")
+    measured = flop_overhead(module, seq_len=16)
+    config = module.backbone.config
+    analytic = module.hyper.analytic_macs(
+        num_tokens=16, hidden=config.hidden_size, layers=[(s.d_in, s.d_out) for s in module.sites],
+        num_blocks=config.num_hidden_layers,
+    )
+    assert measured["adapted_flops"] - measured["host_flops"] == pytest.approx(analytic, rel=0.05)
+
+
 # ----------------------------------------------------------------------------- storage
 
 
