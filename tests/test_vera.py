@@ -209,3 +209,28 @@ def test_cli_fit_writes_the_adapter_and_logs_its_budget(tmp_path):
     test = _run(["test", "-c", str(config), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")], tmp_path)
     assert test.returncode == 0, test.stderr[-3000:]
     assert "test/accuracy" in test.stdout
+
+
+@pytest.mark.parametrize("save_projection", [False, True])
+def test_export_to_peft_loads_in_peft_with_the_same_logits(batch, tmp_path, save_projection):
+    from peft import PeftModel
+
+    from pefthub.adapters.peft_format import export_to_peft
+
+    module = VeRAModule(
+        backbone="tiny-bert", rank=16, projection_prng_key=5, save_projection=save_projection,
+        target_modules=["query", "value", "intermediate.dense"],
+    ).eval()  # fmt: skip
+    _randomize(module)
+    if save_projection:  # stored projections that no seed regenerates: PEFT must take them from the file
+        with torch.no_grad():
+            module.vera_projections.vera_A.mul_(1.5)
+    out = export_to_peft(module.save_adapter(tmp_path / "adapter"), tmp_path / "peft")
+    peft_config = json.loads((out / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "VERA" and peft_config["save_projection"] is save_projection
+    reference = PeftModel.from_pretrained(build_tiny_model("tiny-bert"), str(out)).eval()
+    with torch.no_grad():
+        hidden = reference(**batch).last_hidden_state
+        reference_logits = module.head(module.pool(hidden, batch["attention_mask"]))
+    assert not torch.allclose(reference_logits, _bare_logits(module, batch), atol=1e-3)
+    torch.testing.assert_close(_logits(module, batch), reference_logits, atol=1e-5, rtol=0)

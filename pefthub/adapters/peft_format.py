@@ -40,8 +40,11 @@ def lora_layers_from_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, tupl
 
 
 def export_to_peft(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
-    """Write a pefthub LoRA-family adapter as a PEFT LoRA adapter (zero-rank modules dropped)."""
+    """Write a pefthub LoRA-family adapter as a PEFT LoRA adapter (zero-rank modules dropped),
+    or a ``vera`` adapter as a PEFT VeRA adapter (:func:`export_vera_to_peft`)."""
     config, tensors = load_adapter(adapter_dir)
+    if config.get("method") == "vera":
+        return export_vera_to_peft(adapter_dir, out_dir, base_model=base_model)
     scaling = config.get("scaling_pattern")
     if not scaling:
         raise ValueError(
@@ -136,3 +139,53 @@ def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
         if module == key or module.endswith("." + key):
             return value
     return default
+
+
+def export_vera_to_peft(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:
+    """Write a pefthub ``vera`` adapter as a PEFT VeRA adapter (``peft_type: VERA``).
+
+    Keys ``base_model.model.<module>.vera_lambda_d`` / ``vera_lambda_b``; ``target_modules``
+    lists the adapted modules by full name, so PEFT sizes its shared A, B to the same
+    largest layer. A file without stored projections is written with
+    ``save_projection: false`` and the same ``projection_prng_key`` (PEFT regenerates the
+    same A, B bit for bit); stored projections go to ``base_model.vera_A`` / ``vera_B``.
+    The task head is written beside it as ``pefthub_head.safetensors``.
+    """
+    config, tensors = load_adapter(adapter_dir)
+    if config.get("method") != "vera":
+        raise ValueError(f"{adapter_dir}: expected a 'vera' adapter, this one is {config.get('method')!r}")
+    modules = sorted(key[len("backbone.") : -len(".vera_lambda_d")] for key in tensors if key.endswith(".vera_lambda_d"))
+    if not modules:
+        raise ValueError(f"{adapter_dir}: no backbone.<module>.vera_lambda_d tensors to export")
+    stored = "vera_projections.vera_A" in tensors
+    weights = {}
+    for name in modules:
+        weights[f"{_PREFIX}{name}.vera_lambda_d"] = tensors[f"backbone.{name}.vera_lambda_d"].contiguous()
+        weights[f"{_PREFIX}{name}.vera_lambda_b"] = tensors[f"backbone.{name}.vera_lambda_b"].contiguous()
+    if stored:
+        weights["base_model.vera_A"] = tensors["vera_projections.vera_A"].contiguous()
+        weights["base_model.vera_B"] = tensors["vera_projections.vera_B"].contiguous()
+    peft_config: dict[str, Any] = {
+        "peft_type": "VERA",
+        "task_type": None,
+        "base_model_name_or_path": base_model or config.get("backbone"),
+        "r": int(config["rank"]),
+        "target_modules": modules,
+        "projection_prng_key": int(config["projection_prng_key"]),
+        "save_projection": stored,
+        "vera_dropout": 0.0,
+        "d_initial": float(config.get("d_initial", 0.1)),
+        "fan_in_fan_out": False,
+        "bias": "none",
+        "init_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
+    head = {k[len("head."):]: v.contiguous() for k, v in tensors.items() if k.startswith("head.")}
+    if head:
+        save_file(head, str(out / HEAD_WEIGHTS), metadata={"format": "pt", "label_names": json.dumps(config.get("label_names"))})
+    (out / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+    return out
