@@ -12,12 +12,14 @@ import hashlib
 import os
 from typing import Any
 
+import torch
 from datasets import DatasetDict
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from pefthub.backbones import load_tokenizer
+from pefthub.data.resumable import ResumableDataLoader, SkippingSampler
 
 SUBSET_SEED = 0
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -73,6 +75,8 @@ class TaskDataModule(LightningDataModule):
             self.shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: DatasetDict | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_position: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ family hooks
 
@@ -143,27 +147,53 @@ class TaskDataModule(LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"this task has no {split!r} split (it has {list(self.datasets)})")
         dataset = self.datasets[split]
-        return DataLoader(
+        # training: resumable mid-epoch (Lightning saves and restores its position)
+        return (ResumableDataLoader if shuffle else DataLoader)(
             dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             sampler=self._training_sampler(dataset) if shuffle else None,
             num_workers=self.num_workers,
             collate_fn=self.collator(),
             persistent_workers=self.num_workers > 0,
+            # each new iterator draws its worker base seed from this generator: from the global
+            # RNG it would shift the dropout stream by one draw per loader pass, and a resumed
+            # run builds its loaders at other points of that stream than the uninterrupted run
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
         )
 
-    def _training_sampler(self, dataset) -> DistributedSampler:
+    def _training_sampler(self, dataset) -> SkippingSampler:
         """Shuffled order drawn from ``shuffle_seed + epoch`` only (Lightning calls
-        ``set_epoch``), so a resumed run sees the uninterrupted run's batches; ``RandomSampler``
+        ``set_epoch``), so a resumed run sees the uninterrupted run's batches, also from a
+        mid-epoch checkpoint (:mod:`pefthub.data.resumable`); ``RandomSampler``
         would draw its seed from the global RNG. Under DDP rank r takes positions r, r+W, ...
         of the same permutation, so W ranks with batch b see exactly the batches one process
         with batch W*b sees (Lightning keeps a DistributedSampler it is given)."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.shuffle_seed)
+        return SkippingSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.shuffle_seed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        if self._train_position:
+            loader.load_state_dict(self._train_position)
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: where the training loader stands in its epoch.
+
+        Lightning has its own slot for a loader's state, but it restores it only when the train
+        loader is first built after the loops are restored; pefthub's ``configure_optimizers``
+        reads ``estimated_stepping_batches``, which builds the loader earlier, so that slot is
+        never read back. The data module's state is restored before any loader is built."""
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # kept for every train loader built later in this run: the position only applies to a
+        # pass over the checkpoint's epoch, so later loaders (reload_dataloaders_every_n_epochs) ignore it
+        self._train_position = state_dict.get("train_position")
+        if self._train_position and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._train_position)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", shuffle=False)

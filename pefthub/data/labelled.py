@@ -365,8 +365,8 @@ class LabelledTaskDataModule(TaskDataModule):
         return {**super().describe(), "source": self.source_name(), "primary_metric": self.primary_metric}
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: the label map the run was trained with."""
-        return {"label_names": self.label_names}
+        """Saved in checkpoints: the label map the run was trained with (and the loader position)."""
+        return {**super().state_dict(), "label_names": self.label_names}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("label_names")
@@ -375,3 +375,4 @@ class LabelledTaskDataModule(TaskDataModule):
                 f"the checkpoint was trained with label names {list(saved)}, but this data gives "
                 f"{self.label_names}; set data.label_names to the checkpoint's to evaluate it"
             )
+        super().load_state_dict(state_dict)
