@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pefthub.adapters.lowrank_update import low_rank_update
 from pefthub.scoring import (
     adalora_budget,
     adalora_element_score,
@@ -117,8 +117,7 @@ class SVDLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base(x)
-        update = F.linear(F.linear(self.dropout(x), self.lora_Q * self.lora_lambda.unsqueeze(1)), self.lora_P)
-        return result + update * self.scaling
+        return low_rank_update(result, self.dropout(x), self.lora_Q * self.lora_lambda.unsqueeze(1), self.lora_P, self.scaling)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, init_rank={self.init_rank}, active_rank={self.active_rank}, alpha={self.alpha}"

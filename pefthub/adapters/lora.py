@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from pefthub.adapters.lowrank_update import low_rank_update
 
 
 class LoRALinear(nn.Module):
@@ -133,8 +134,7 @@ class LoRALinear(nn.Module):
         result = self.base(x)
         if self.merged or self.rank == 0:
             return result
-        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
-        return result + update * self.scaling
+        return low_rank_update(result, self.dropout(x), self.lora_A, self.lora_B, self.scaling)
 
     @torch.no_grad()
     def merge(self) -> None:
