@@ -74,3 +74,23 @@ def test_autocast_uses_the_plain_composition():
     assert out.grad_fn.name() != "_LowRankUpdateBackward"
     out.float().sum().backward()
     assert A.grad is not None and B.grad is not None
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_fvcore_counts_the_update_multiply_adds(method):
+    """fvcore traces the model: the update must stay visible to it (the fused autograd function
+    would be one opaque op). Extra multiply-adds per token = Σ_targets r (d_in + d_out)."""
+    from pefthub.budget import flop_overhead
+    from pefthub.methods import AdaLoRAModule, LoRAModule
+
+    if method == "lora":
+        module = LoRAModule(backbone="tiny-bert", rank=4, alpha=8)
+        layers = [m for m in module.backbone.modules() if isinstance(m, LoRALinear)]
+    else:
+        module = AdaLoRAModule(backbone="tiny-bert", init_rank=4, target_rank=2)
+        layers = [m for m in module.backbone.modules() if isinstance(m, SVDLinear)]
+    seq_len = 16
+    measured = flop_overhead(module, seq_len=seq_len)
+    rank = 4
+    expected = seq_len * sum(rank * (layer.in_features + layer.out_features) for layer in layers)
+    assert layers and measured["adapted_flops"] - measured["host_flops"] == expected

@@ -14,8 +14,9 @@ Autograd's generic ``linear`` backward forms ``gᵀ h`` and ``g B`` with the lon
 the reduction/leading axis of a transposed operand; for r ≪ d these skinny products run several
 times slower in MKL on the CPUs measured here (AMD EPYC: ``gᵀ h`` 141 ms vs ``(hᵀ g)ᵀ`` 24 ms for
 N = 4096, d_out = 1536, r = 8, one thread) — the same numbers, a different loop order. The forward
-folds the add and the scaling into one ``addmm``. Under autocast the plain composition is used
-(the backward here does not re-enter autocast).
+folds the add and the scaling into one ``addmm``. The plain composition is used under autocast
+(the backward here does not re-enter autocast) and while tracing (``torch.jit.trace``, which
+fvcore's FLOP count uses, sees an autograd function as one opaque op and would count nothing).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def low_rank_update(result: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: t
     ``result`` (..., d_out) is the frozen layer's output. Same value as the plain composition
     (up to float summation order); the backward uses BLAS-friendly layouts (module docstring).
     """
-    if torch.is_autocast_enabled(x.device.type) or A.shape[0] == 0:
+    if torch.jit.is_tracing() or torch.is_autocast_enabled(x.device.type) or A.shape[0] == 0:
         return result + F.linear(F.linear(x, A), B) * scaling
     out_features = result.shape[-1]
     out = _LowRankUpdate.apply(result.reshape(-1, out_features), x.reshape(-1, x.shape[-1]), A, B, float(scaling))
