@@ -15,8 +15,8 @@ killed run's ``last.ckpt`` holds step ``KILL_AT - 1``: mid-epoch, before each me
 change (``PHASE_STEP``), which the resumed run then crosses; one LoRA case is killed just after
 an end-of-epoch checkpoint instead, and one GLoRA case after its reallocation. The kill comes from :class:`cli_forkserver.SigkillAtStep`,
 so it lands at the same step however loaded the machine is. The runs are forked from a process
-that has imported ``pefthub.cli`` already (:class:`cli_forkserver.ForkServer`): 3 runs × 9 cases
-would otherwise spend ~170 s importing Lightning.
+that has imported ``pefthub.cli`` already (:class:`cli_forkserver.ForkServer`): 3 runs × 11 cases
+would otherwise spend ~200 s importing Lightning.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ CASES = {
         "tiny/glora_sst2.yaml", ("--model.warmup_steps", str(PHASE_STEP)), _glora_reallocated, kill_at=PHASE_STEP + 3
     ),
     "unihyperlora": Case("tiny/unihyperlora_sst2.yaml"),
+    "satlora": Case("tiny/satlora_sst2.yaml"),
+    "vera": Case("tiny/vera_sst2.yaml"),  # A, B regenerated from the seed on resume, not stored
     "unihyperlora_delta": Case("unihyperlora/delta_sst2.yaml", delta=True),
 }
 
