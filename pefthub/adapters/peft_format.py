@@ -74,18 +74,11 @@ def export_to_peft(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, b
         "inference_mode": True,
         "modules_to_save": None,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     weights = {}
     for name, (a, b) in layers.items():
         weights[f"{_PREFIX}{name}.lora_A.weight"] = a.contiguous()
         weights[f"{_PREFIX}{name}.lora_B.weight"] = b.contiguous()
-    save_file(weights, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
-    head = {k[len("head."):]: v.contiguous() for k, v in tensors.items() if k.startswith("head.")}
-    if head:
-        save_file(head, str(out / HEAD_WEIGHTS), metadata={"format": "pt", "label_names": json.dumps(config.get("label_names"))})
-    (out / PEFT_CONFIG).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
-    return out
+    return _write_peft_dir(out_dir, weights, tensors, config, peft_config)
 
 
 def import_from_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, backbone: str) -> Path:
@@ -181,6 +174,15 @@ def export_vera_to_peft(adapter_dir: str | os.PathLike, out_dir: str | os.PathLi
         "inference_mode": True,
         "modules_to_save": None,
     }
+    return _write_peft_dir(out_dir, weights, tensors, config, peft_config)
+
+
+def _write_peft_dir(
+    out_dir: str | os.PathLike, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+    config: dict[str, Any], peft_config: dict[str, Any],
+) -> Path:
+    """Write a PEFT adapter directory: the adapter weights, the pefthub task head beside them
+    (``head.*`` of ``tensors``, with the label names), and ``adapter_config.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
