@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pefthub.adapters.frozen_linear import FrozenLinearWrapper
 from pefthub.adapters.lowrank_update import low_rank_update
 from pefthub.scoring import (
     adalora_budget,
@@ -41,7 +42,7 @@ from pefthub.scoring import (
 ORTH_REG_FORMS = ("mean_norm", "sum_squared")
 
 
-class SVDLinear(nn.Module):
+class SVDLinear(FrozenLinearWrapper):
     """A frozen ``nn.Linear`` plus AdaLoRA's update ``(α / r0) · P diag(λ) Q``.
 
     Args:
@@ -52,14 +53,10 @@ class SVDLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float = 16.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"SVDLinear wraps nn.Linear, got {type(base).__name__}")
+        super().__init__(base)
         max_rank = min(base.in_features, base.out_features)
         if not 1 <= rank <= max_rank:
             raise ValueError(f"AdaLoRA initial rank must be in [1, min(d_in, d_out)] = [1, {max_rank}] for this layer, got {rank}")
-        self.base = base
-        self.base.requires_grad_(False)
         self.alpha = float(alpha)
         self.init_rank = int(rank)
         self.scaling = self.alpha / self.init_rank
@@ -73,14 +70,6 @@ class SVDLinear(nn.Module):
         # adapter files; λ is *not* multiplied by it in forward (masking zeroes λ in place).
         self.register_buffer("rank_mask", torch.ones(rank, dtype=torch.bool, device=weight.device))
         self.reset_parameters()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def active_rank(self) -> int:

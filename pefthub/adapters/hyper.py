@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pefthub.adapters.frozen_linear import FrozenLinearWrapper
+
 # Width- and family-agnostic module types the mixer is conditioned on.
 CANONICAL_TYPES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
 
@@ -580,7 +582,7 @@ class HyperShared(nn.Module):
 # --------------------------------------------------------------------------- layers
 
 
-class HyperLinear(nn.Module):
+class HyperLinear(FrozenLinearWrapper):
     """A frozen ``nn.Linear`` plus the UniHyperLoRA update at one site.
 
     It owns no parameters: ``adapter_parameters()`` is empty and the shared
@@ -595,11 +597,7 @@ class HyperLinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, shared: HyperShared, depth: int, type_index: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"HyperLinear wraps nn.Linear, got {type(base).__name__}")
-        self.base = base
-        self.base.requires_grad_(False)
+        super().__init__(base)
         self.depth = depth
         self.type_index = type_index
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -608,14 +606,6 @@ class HyperLinear(nn.Module):
     @property
     def shared(self) -> HyperShared:
         return self._shared
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def depth_fraction(self) -> float:

@@ -11,10 +11,11 @@ import math
 import torch
 from torch import nn
 
+from pefthub.adapters.frozen_linear import FrozenLinearWrapper
 from pefthub.adapters.lowrank_update import low_rank_update
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(FrozenLinearWrapper):
     """A frozen ``nn.Linear`` plus a low-rank update of (possibly zero) rank ``rank``.
 
     Args:
@@ -25,16 +26,12 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float = 16.0, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        super().__init__(base)
         max_rank = min(base.in_features, base.out_features)
         if rank < 0 or rank > max_rank:
             raise ValueError(
                 f"LoRA rank must be in [0, min(d_in, d_out)] = [0, {max_rank}] for this layer, got {rank}"
             )
-        self.base = base
-        self.base.requires_grad_(False)
         self.alpha = float(alpha)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
@@ -42,14 +39,6 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device))
         self.reset_lora_parameters()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def rank(self) -> int:

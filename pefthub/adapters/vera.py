@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pefthub.adapters.frozen_linear import FrozenLinearWrapper
+
 
 def random_projection(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """A float32 CPU tensor of ``shape`` drawn Kaiming-uniform (fan-in = ``shape[1]``,
@@ -76,7 +78,7 @@ class VeRAProjections(nn.Module):
         return f"rank={self.rank}, d_in={self.d_in}, d_out={self.d_out}, seed={self.seed}"
 
 
-class VeRALinear(nn.Module):
+class VeRALinear(FrozenLinearWrapper):
     """A frozen ``nn.Linear`` plus ``Λ_b B Λ_d A`` with shared frozen A, B.
 
     Args:
@@ -89,16 +91,12 @@ class VeRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, projections: VeRAProjections, d_initial: float = 0.1, dropout: float = 0.0) -> None:
-        super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"VeRALinear wraps nn.Linear, got {type(base).__name__}")
+        super().__init__(base)
         if projections.d_in < base.in_features or projections.d_out < base.out_features:
             raise ValueError(
                 f"shared VeRA projections are {projections.d_out}x{projections.d_in} (d_out x d_in) but this layer is "
                 f"{base.out_features}x{base.in_features}; size them to the largest adapted layer"
             )
-        self.base = base
-        self.base.requires_grad_(False)
         self.projections = projections
         self.d_initial = float(d_initial)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -107,14 +105,6 @@ class VeRALinear(nn.Module):
         self.vera_lambda_d = nn.Parameter(torch.empty(projections.rank, dtype=weight.dtype, device=weight.device))
         self.vera_lambda_b = nn.Parameter(torch.empty(base.out_features, dtype=weight.dtype, device=weight.device))
         self.reset_vera_parameters()
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def rank(self) -> int:
