@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_unihyperlora import assert_update_equals_materialised_delta_weight
+from test_unihyperlora import _logits, assert_update_equals_materialised_delta_weight
+from test_unihyperlora import _module as _hyper_module
 from test_unihyperlora_cli import REPO, _run
 
 from pefthub.adapters.hyper import generated_projector_energy
@@ -22,17 +23,8 @@ from pefthub.methods.unihyperlora import UniHyperLoRAModule
 
 
 def _module(backbone: str = "tiny-bert", seed: int = 0, **kwargs) -> SATLoRAModule:
-    torch.manual_seed(seed)
-    module = SATLoRAModule(backbone=backbone, max_flop_overhead=None, **kwargs).eval()
-    with torch.no_grad():  # a "trained" adapter: U non-zero, δθ non-zero
-        module.hyper.atoms_U.normal_(std=0.2)
-        module.hyper.mixer.delta.normal_(std=0.1)
-    return module
-
-
-def _logits(module, batch):
-    with torch.no_grad():
-        return module(batch["input_ids"], batch["attention_mask"])
+    """A "trained" SAT-LoRA adapter, built the way the UniHyperLoRA tests build theirs."""
+    return _hyper_module(backbone, seed, module_class=SATLoRAModule, **kwargs)
 
 
 def _widths(module) -> set[int]:

@@ -18,9 +18,11 @@ from pefthub.callbacks.budget import BudgetCheck, BudgetError
 from pefthub.methods.unihyperlora import UniHyperLoRAModule
 
 
-def _module(backbone: str = "tiny-bert", seed: int = 0, **kwargs) -> UniHyperLoRAModule:
+def _module(
+    backbone: str = "tiny-bert", seed: int = 0, module_class: type[UniHyperLoRAModule] = UniHyperLoRAModule, **kwargs
+) -> UniHyperLoRAModule:
     torch.manual_seed(seed)
-    module = UniHyperLoRAModule(backbone=backbone, max_flop_overhead=None, **kwargs).eval()
+    module = module_class(backbone=backbone, max_flop_overhead=None, **kwargs).eval()
     with torch.no_grad():  # a "trained" adapter: U non-zero, δθ non-zero
         module.hyper.atoms_U.normal_(std=0.2)
         module.hyper.mixer.delta.normal_(std=0.1)
