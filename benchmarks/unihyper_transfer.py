@@ -12,6 +12,19 @@ projectors learned per width, no generator) trained directly on the source and o
 with the same data, epochs and learning rate (``what: "satlora"`` records: accuracy before and
 after the quantised save/load, adapter bytes, FLOP overhead). ``--satlora only`` skips the
 UniHyperLoRA transfer. The default (``off``) measures UniHyperLoRA alone, as before.
+
+``--seeds 0 1 2`` repeats everything per seed (adapters under ``<out>/seed<N>/``). Targets may be
+any backbone, including the other model family (``--source minilm-l6 --targets mpnet-base``):
+the adapter file holds nothing host-specific, each host tokenises with its own tokenizer.
+
+``--new-tasks amazon ner boolq`` adds the cross-task transfer: for every host in
+``--new-task-hosts`` (default: the source and the targets) the sst2 adapter is loaded without its
+head, a new head for the task is trained together with δθ for ``--delta-steps`` steps
+(``what: "new_task"``, ``mode: "delta+head"``), and, as the reference, a new head alone on the bare
+host for the same steps (``mode: "head_only"``, adapter bypassed: a linear probe). The new head's
+parameter count is reported separately (``new_head_params``) from δθ's (``delta_params``).
+
+Every record is also appended to ``<out>/records.jsonl``.
 """
 
 from __future__ import annotations
@@ -28,15 +41,27 @@ from lightning.pytorch import Trainer, seed_everything
 
 from pefthub.budget import flop_overhead
 from pefthub.callbacks.transfer import DeltaTuning
-from pefthub.data import SentenceClassificationDataModule
+from pefthub.data import (
+    PairClassificationDataModule,
+    SentenceClassificationDataModule,
+    TokenClassificationDataModule,
+)
+from pefthub.data.builtin_tasks import manifest
 from pefthub.methods.satlora import SATLoRAModule
 from pefthub.methods.unihyperlora import UniHyperLoRAModule
 
 
-def _data(backbone: str, args) -> SentenceClassificationDataModule:
-    return SentenceClassificationDataModule(
-        backbone=backbone, task="sst2", max_length=args.max_length, batch_size=32, train_limit=args.train_limit
-    )
+def _data(backbone: str, args, task: str = "sst2"):
+    """The builtin ``task``'s data module for ``backbone``: token classification for a task whose
+    manifest declares ``tokens_field``, sentence pairs for ``text_fields``, single sentences otherwise."""
+    declared = manifest(task)
+    if "tokens_field" in declared:
+        data_class = TokenClassificationDataModule
+    elif "text_fields" in declared:
+        data_class = PairClassificationDataModule
+    else:
+        data_class = SentenceClassificationDataModule
+    return data_class(backbone=backbone, task=task, max_length=args.max_length, batch_size=32, train_limit=args.train_limit)
 
 
 def _trainer(**kwargs) -> Trainer:
@@ -44,11 +69,19 @@ def _trainer(**kwargs) -> Trainer:
 
 
 def _test(module, data) -> float:
-    return float(_trainer().test(module, datamodule=data, verbose=False)[0]["test/accuracy"])
+    """The task's primary test metric (accuracy for sst2, entity F1 for ner)."""
+    return float(_trainer().test(module, datamodule=data, verbose=False)[0][f"test/{data.primary_metric}"])
+
+
+_RECORDS: list[Path] = []
 
 
 def _emit(record: dict) -> None:
-    print(json.dumps(record), flush=True)
+    line = json.dumps(record)
+    print(line, flush=True)
+    for path in _RECORDS:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
 
 
 def _satlora_per_host(host: str, args, out: Path) -> None:
@@ -69,11 +102,91 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     size = sum((directory / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
     reloaded = SATLoRAModule(backbone=host, init_adapter=str(directory), max_flop_overhead=None).eval()
     config = module.backbone.config
-    _emit({"what": "satlora", "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
+    _emit({"what": "satlora", "seed": args.seed, "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
            "ffn": config.intermediate_size, "d0": args.satlora_d0, "widths": module.hyper.config()["widths"],
            "train_examples": args.train_limit, "epochs": args.epochs, "train_s": round(train_s, 1),
            "test_accuracy_fp32": fp32_acc, "test_accuracy": _test(reloaded, data), "adapter_bytes": size,
            "adapter_params": sum(p.numel() for p in module.hyper.parameters()), "flop_overhead": flops["overhead"]})
+
+
+def _train_source(args, out: Path) -> None:
+    """Train UniHyperLoRA on the source host (sst2) and save it quantised to ``<out>/adapter``."""
+    seed_everything(args.seed)
+    adamw = partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
+    source = UniHyperLoRAModule(backbone=args.source, optimizer=adamw, lambda_delta=1e-3, max_flop_overhead=None)
+    flops = flop_overhead(source, seq_len=128)
+    flops_train = flop_overhead(source, seq_len=128, amortized=False)
+    _emit({"what": "flops", "seed": args.seed, "host": args.source, "seq_len": 128, **flops,
+           "per_forward_overhead": flops_train["overhead"]})
+    data = _data(args.source, args)
+    started = time.perf_counter()
+    _trainer(max_epochs=args.epochs, limit_val_batches=0).fit(source, datamodule=data)
+    train_s = time.perf_counter() - started
+    source.eval()
+    fp32_acc = _test(source, data)
+    source.save_adapter(out / "adapter")
+    size = sum((out / "adapter" / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
+    _emit({"what": "source", "seed": args.seed, "host": args.source, "train_examples": args.train_limit,
+           "epochs": args.epochs, "train_s": round(train_s, 1), "test_accuracy_fp32": fp32_acc, "adapter_bytes": size})
+
+
+def _transfer(hosts: list[str], args, out: Path) -> None:
+    """Load the quantised source adapter into every host zero-shot, then (except on the source
+    host) tune δθ only for ``delta_steps`` steps."""
+    for host in hosts:
+        seed_everything(args.seed)
+        module = UniHyperLoRAModule(backbone=host, init_adapter=str(out / "adapter"), max_flop_overhead=None).eval()
+        data = _data(host, args)
+        zero_shot = _test(module, data)
+        with module.hyper.bypassed():  # the adapter's head on the bare host: what the adapter itself adds
+            head_only = _test(module, data)
+        record = {"what": "transfer", "seed": args.seed, "host": host, "hidden": module.backbone.config.hidden_size,
+                  "layers": module.backbone.config.num_hidden_layers, "ffn": module.backbone.config.intermediate_size,
+                  "zero_shot_accuracy": zero_shot, "head_only_accuracy": head_only,
+                  "flop_overhead": flop_overhead(module, seq_len=128)["overhead"]}
+        if host != args.source and args.delta_steps > 0:
+            module.optimizer_factory = partial(torch.optim.AdamW, lr=args.delta_lr, weight_decay=0.0)
+            module.train()
+            started = time.perf_counter()
+            _trainer(max_epochs=-1, limit_val_batches=0, callbacks=[DeltaTuning(steps=args.delta_steps)]).fit(module, datamodule=data)
+            module.eval()
+            record.update({"delta_steps": args.delta_steps, "delta_s": round(time.perf_counter() - started, 1),
+                           "after_delta_accuracy": _test(module, data)})
+        _emit(record)
+
+
+def _new_task(host: str, task: str, args, out: Path) -> None:
+    """Cross-task transfer of the sst2 adapter to ``task`` on ``host``: a new head + δθ for
+    ``delta_steps`` steps, against a new head alone on the bare host (adapter bypassed)."""
+    data = _data(host, args, task)
+    data.prepare_data()
+    data.setup("fit")
+    for mode in ("delta+head", "head_only"):
+        seed_everything(args.seed)
+        module = UniHyperLoRAModule(
+            backbone=host, num_labels=data.num_labels, task_type=data.task_type, label_names=data.label_names,
+            init_adapter=str(out / "adapter"), init_head=False, max_flop_overhead=None,
+            optimizer=partial(torch.optim.AdamW, lr=args.delta_lr, weight_decay=0.0),
+        )
+        started = time.perf_counter()
+        if mode == "delta+head":
+            tuning = DeltaTuning(steps=args.delta_steps, train_head=True)
+            _trainer(max_epochs=-1, limit_val_batches=0, callbacks=[tuning]).fit(module, datamodule=data)
+            sizes = dict(tuning.sizes)
+            module.eval()
+            metric = _test(module, data)
+        else:
+            module.requires_grad_(False)
+            module.head.requires_grad_(True)
+            sizes = {"budget/delta_params": 0, "budget/new_head_params": sum(p.numel() for p in module.head.parameters())}
+            with module.hyper.bypassed():
+                _trainer(max_steps=args.delta_steps, limit_val_batches=0).fit(module, datamodule=data)
+                module.eval()
+                metric = _test(module, data)
+        _emit({"what": "new_task", "seed": args.seed, "host": host, "task": task, "mode": mode,
+               "primary_metric": data.primary_metric, "test_metric": metric, "steps": args.delta_steps,
+               "train_s": round(time.perf_counter() - started, 1),
+               "delta_params": sizes["budget/delta_params"], "new_head_params": sizes["budget/new_head_params"]})
 
 
 def main() -> None:
@@ -86,56 +199,40 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--delta-steps", type=int, default=100)
     parser.add_argument("--delta-lr", type=float, default=1e-2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/unihyper-transfer")
     parser.add_argument("--satlora", choices=("off", "also", "only"), default="off",
                         help="also train the SAT-LoRA baseline on every host (only: skip UniHyperLoRA)")
     parser.add_argument("--satlora-d0", type=int, default=232,
                         help="SAT-LoRA's d0 (232: the largest multiple of 8 within 1 MB on MiniLM-L6)")
+    parser.add_argument("--new-tasks", nargs="*", default=[], help="builtin tasks the sst2 adapter is transferred to with a new head")
+    parser.add_argument("--new-task-hosts", nargs="*", default=None, help="hosts for --new-tasks (default: source and targets)")
+    parser.add_argument("--reuse-source", action="store_true",
+                        help="reuse <out>/seed<N>/adapter from an earlier run instead of training the source again "
+                             "(the transfer then covers only --targets)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    out = Path(args.out)
-    if args.satlora != "off":
-        for host in [args.source, *args.targets]:
-            _satlora_per_host(host, args, out)
-        if args.satlora == "only":
-            return
-    seed_everything(args.seed)
-
-    adamw = partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
-    source = UniHyperLoRAModule(backbone=args.source, optimizer=adamw, lambda_delta=1e-3, max_flop_overhead=None)
-    flops = flop_overhead(source, seq_len=128)
-    flops_train = flop_overhead(source, seq_len=128, amortized=False)
-    _emit({"what": "flops", "host": args.source, "seq_len": 128, **flops, "per_forward_overhead": flops_train["overhead"]})
-    data = _data(args.source, args)
-    started = time.perf_counter()
-    _trainer(max_epochs=args.epochs, limit_val_batches=0).fit(source, datamodule=data)
-    train_s = time.perf_counter() - started
-    source.eval()
-    fp32_acc = _test(source, data)
-    source.save_adapter(out / "adapter")
-    size = sum((out / "adapter" / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
-    _emit({"what": "source", "host": args.source, "train_examples": args.train_limit, "epochs": args.epochs,
-           "train_s": round(train_s, 1), "test_accuracy_fp32": fp32_acc, "adapter_bytes": size})
-
-    for host in [args.source, *args.targets]:
-        seed_everything(args.seed)
-        module = UniHyperLoRAModule(backbone=host, init_adapter=str(out / "adapter"), max_flop_overhead=None).eval()
-        data = _data(host, args)
-        zero_shot = _test(module, data)
-        with module.hyper.bypassed():  # the adapter's head on the bare host: what the adapter itself adds
-            head_only = _test(module, data)
-        record = {"what": "transfer", "host": host, "hidden": module.backbone.config.hidden_size,
-                  "layers": module.backbone.config.num_hidden_layers, "ffn": module.backbone.config.intermediate_size,
-                  "zero_shot_accuracy": zero_shot, "head_only_accuracy": head_only,
-                  "flop_overhead": flop_overhead(module, seq_len=128)["overhead"]}
-        if host != args.source and args.delta_steps > 0:
-            module.optimizer_factory = partial(torch.optim.AdamW, lr=args.delta_lr, weight_decay=0.0)
-            module.train()
-            _trainer(max_epochs=-1, limit_val_batches=0, callbacks=[DeltaTuning(steps=args.delta_steps)]).fit(module, datamodule=data)
-            module.eval()
-            record.update({"delta_steps": args.delta_steps, "after_delta_accuracy": _test(module, data)})
-        _emit(record)
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    _RECORDS.append(root / "records.jsonl")
+    for seed in args.seeds:
+        args.seed = seed
+        out = root / f"seed{seed}"
+        if args.satlora != "off":
+            for host in [args.source, *args.targets]:
+                _satlora_per_host(host, args, out)
+            if args.satlora == "only":
+                continue
+        if not args.reuse_source:
+            _train_source(args, out)
+            _transfer([args.source, *args.targets], args, out)
+        elif not (out / "adapter").is_dir():
+            raise SystemExit(f"--reuse-source: {out / 'adapter'} does not exist; run without --reuse-source first")
+        else:
+            _transfer(args.targets, args, out)
+        for task in args.new_tasks:
+            for host in args.new_task_hosts if args.new_task_hosts is not None else [args.source, *args.targets]:
+                _new_task(host, task, args, out)
 
 
 if __name__ == "__main__":

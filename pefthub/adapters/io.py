@@ -44,16 +44,20 @@ def save_adapter(directory: str | os.PathLike, config: dict[str, Any], tensors: 
     """Write ``tensors`` (made contiguous, detached, on CPU) and ``config`` into ``directory``."""
     directory = Path(directory)
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    config = {"format_version": FORMAT_VERSION, **config}
+    text = config_text(config)
     _atomic_write_bytes(directory / WEIGHTS_NAME, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
 
     def write_json(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
 
     _atomic_write_bytes(directory / CONFIG_NAME, write_json)
     return directory
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """The text of ``adapter_config.json`` as :func:`save_adapter` writes it for ``config``."""
+    return json.dumps({"format_version": FORMAT_VERSION, **config}, indent=2, sort_keys=True) + "\n"
 
 
 def _resolve(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -99,7 +103,8 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
 
 
 def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
-    """Bytes the tensors take as a safetensors file (header included), measured by serialising."""
+    """Bytes the tensors take as a safetensors file written by :func:`save_adapter` (header and
+    its ``{"format": "pt"}`` metadata included), measured by serialising."""
     from safetensors.torch import save
 
-    return len(save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}))
+    return len(save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata={"format": "pt"}))

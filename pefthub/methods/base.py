@@ -21,12 +21,13 @@ from torch import nn
 
 from pefthub import __version__
 from pefthub.adapters.inject import adapter_state, mark_only_adapters_trainable
-from pefthub.adapters.io import load_adapter, save_adapter, serialized_size
+from pefthub.adapters.io import config_text, load_adapter, save_adapter, serialized_size
 from pefthub.backbones import CAUSAL_FAMILIES, family_of, hidden_size, load_backbone
 from pefthub.callbacks.adapter_export import SaveAdapter
 from pefthub.callbacks.rng import RNGState
 from pefthub.callbacks.timing import StepTimer
 from pefthub.metrics import build_metrics
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the message says at which step."""
@@ -307,10 +308,12 @@ class PEFTModule(LightningModule):
         return tensors
 
     def adapter_file_bytes(self) -> int:
-        return serialized_size(self.adapter_tensors())
+        """Bytes of ``adapter.safetensors`` + ``adapter_config.json`` as :meth:`save_adapter` writes them."""
+        return serialized_size(self.adapter_tensors()) + len(config_text(self.adapter_file_config()).encode())
 
-    def save_adapter(self, directory: str | Path) -> Path:
-        config = {
+    def adapter_file_config(self) -> dict[str, Any]:
+        """The JSON half of the adapter file (everything but the tensors)."""
+        return {
             "method": self.method_name,
             "pefthub_version": __version__,
             "backbone": self.backbone_name,
@@ -321,7 +324,9 @@ class PEFTModule(LightningModule):
             "pooling": self.pooling,
             **self.adapter_config(),
         }
-        return save_adapter(directory, config, self.adapter_tensors())
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        return save_adapter(directory, self.adapter_file_config(), self.adapter_tensors())
 
     def load_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load an adapter saved by :meth:`save_adapter` into this module (no pickle)."""

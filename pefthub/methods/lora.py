@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
 from pefthub.adapters.inject import AdapterSite, find_targets, inject_adapters
 from pefthub.adapters.io import load_adapter
 from pefthub.adapters.lora import LoRALinear
@@ -26,6 +29,17 @@ class LoRAModule(PEFTModule):
         rank_pattern: per-module rank overrides ``{module-name pattern: rank}`` (as HF PEFT's
             ``rank_pattern``; a key matches a module named like it or ending in ``.<key>``).
         alpha_pattern: per-module alpha overrides, same key rules.
+        max_adapter_bytes: byte budget on the saved adapter files (safetensors + JSON, head
+            included), checked at fit start (:class:`~pefthub.callbacks.budget.BudgetCheck`);
+            null: not checked.
+        fit_rank_to_budget: instead of failing the byte check, lower the rank to the largest
+            ``r_cap`` (every module's rank becomes ``min(rank, r_cap)``) whose adapter files fit
+            ``max_adapter_bytes``. ``alpha`` is scaled with the rank so that the update's
+            scaling ``alpha / r`` is unchanged, and the adapter is initialised exactly as a
+            run configured with the capped ranks would be. The cap is logged and recorded in
+            ``adapter_config.json`` (``rank_cap``).
+        max_flop_overhead: FLOP budget (fraction of the host forward, fvcore) checked at fit
+            start; null: not checked.
         **kwargs: the shared arguments of :class:`~pefthub.methods.base.PEFTModule`.
     """
 
@@ -39,10 +53,21 @@ class LoRAModule(PEFTModule):
         target_modules: list[str] | None = None,
         rank_pattern: dict[str, int] | None = None,
         alpha_pattern: dict[str, float] | None = None,
+        max_adapter_bytes: int | None = None,
+        fit_rank_to_budget: bool = False,
+        max_flop_overhead: float | None = None,
         **kwargs: Any,
     ) -> None:
         if rank < 1:
             raise ValueError(f"model.rank must be >= 1, got {rank}")
+        if max_adapter_bytes is not None and max_adapter_bytes < 1:
+            raise ValueError(f"model.max_adapter_bytes must be >= 1 or null, got {max_adapter_bytes}")
+        if fit_rank_to_budget and max_adapter_bytes is None:
+            raise ValueError("model.fit_rank_to_budget needs model.max_adapter_bytes (the budget the rank is fitted to)")
+        self.max_adapter_bytes = max_adapter_bytes
+        self.fit_rank_to_budget = fit_rank_to_budget
+        self.max_flop_overhead = max_flop_overhead
+        self.rank_cap: int | None = None
         self.rank = rank
         self.alpha = alpha
         self.rank_pattern = dict(rank_pattern or {})
@@ -63,6 +88,7 @@ class LoRAModule(PEFTModule):
                     f"model.rank={rank} for target {name!r} is outside [0, min(d_in, d_out)] = "
                     f"[0, {min(linear.in_features, linear.out_features)}]; lower the rank or exclude that module"
                 )
+        rng_before_init = torch.get_rng_state()
         self.sites = inject_adapters(
             self.backbone,
             patterns,
@@ -70,6 +96,48 @@ class LoRAModule(PEFTModule):
                 linear, rank=self.rank_for(site.name), alpha=self.alpha_for(site.name), dropout=self.lora_dropout
             ),
         )
+        if self.fit_rank_to_budget:
+            self._cap_rank_to_budget(rng_before_init)
+
+    def _cap_rank_to_budget(self, rng_before_init: torch.Tensor) -> None:
+        """Lower every module's rank to ``min(rank, r_cap)`` for the largest ``r_cap`` whose
+        adapter files fit ``max_adapter_bytes`` (sizes measured by serialising, as saved), then
+        redraw the A matrices from the RNG state the injection started from: the result equals
+        an adapter built directly with the capped ranks."""
+        from pefthub.callbacks.budget import BudgetError
+
+        configured = {name: layer.rank for name, layer in self._lora_layers()}
+        size = self.adapter_file_bytes()
+        if size <= self.max_adapter_bytes:
+            return
+        cap = max(configured.values())
+        while size > self.max_adapter_bytes and cap > 1:
+            cap -= 1
+            for name, layer in self._lora_layers():
+                new_rank = min(configured[name], cap)
+                layer.resize(new_rank, keep=list(range(new_rank)), keep_scaling=True)
+            size = self.adapter_file_bytes()
+        if size > self.max_adapter_bytes:
+            raise BudgetError(
+                f"no LoRA rank fits model.max_adapter_bytes={self.max_adapter_bytes:,}: at rank 1 the adapter "
+                f"files take {size:,} bytes (raise the limit or adapt fewer modules via model.target_modules)"
+            )
+        torch.set_rng_state(rng_before_init)
+        for _, layer in self._lora_layers():
+            layer.reset_lora_parameters()
+        self.rank_cap = cap
+        rank_zero_info(
+            f"LoRA rank capped at {cap} (configured {max(configured.values())}) to fit "
+            f"max_adapter_bytes={self.max_adapter_bytes:,}: adapter files {size:,} bytes"
+        )
+
+    def configure_callbacks(self) -> list:
+        callbacks = super().configure_callbacks()
+        if self.max_adapter_bytes is not None or self.max_flop_overhead is not None:
+            from pefthub.callbacks.budget import BudgetCheck
+
+            callbacks.append(BudgetCheck(self.max_adapter_bytes, self.max_flop_overhead))
+        return callbacks
 
     def rank_for(self, module_name: str) -> int:
         return int(_pattern_lookup(self.rank_pattern, module_name, self.rank))
@@ -104,6 +172,7 @@ class LoRAModule(PEFTModule):
             "alpha": self.alpha,
             "dropout": self.lora_dropout,
             "target_modules": self.target_modules,
+            "rank_cap": self.rank_cap,
             "rank_pattern": {name: layer.rank for name, layer in self._lora_layers()},
             "scaling_pattern": {name: layer.scaling for name, layer in self._lora_layers()},
             "sites": [site.to_dict() for site in self.sites],
