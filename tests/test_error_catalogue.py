@@ -114,6 +114,17 @@ def test_unihyperlora_budget_exceeded_names_both_figures(earlier_run, capsys, mo
     assert "bytes, over the budget max_adapter_bytes=1,000" in message
 
 
+def test_lora_over_its_byte_budget_names_both_figures(earlier_run, capsys, monkeypatch):
+    message = _fails(["fit", "-c", TINY, "--model.max_adapter_bytes", "1000"], earlier_run, capsys, monkeypatch)
+    assert "bytes, over the budget max_adapter_bytes=1,000" in message
+
+
+def test_lora_budget_too_small_for_rank_one(earlier_run, capsys, monkeypatch):
+    message = _fails(["fit", "-c", TINY, "--model.max_adapter_bytes", "1000", "--model.fit_rank_to_budget", "true"],
+                     earlier_run, capsys, monkeypatch)
+    assert message.startswith("no LoRA rank fits model.max_adapter_bytes=1,000: at rank 1 the adapter files take ")
+
+
 def _jsonl_args(train: Path) -> list[str]:
     return ["fit", "-c", TINY, "--data.task", "null", "--data.format", "jsonl", "--data.train_file", str(train),
             "--data.validation_file", str(train), "--data.text_field", "text", "--data.label_field", "label"]
