@@ -60,7 +60,7 @@ def transfer_table(records: list[dict], grids: pd.DataFrame) -> str:
     hosts: list[str] = []
     for record in records:
         if record["what"] == "transfer":
-            host = record["backbone"] if "backbone" in record else record["host"]
+            host = record["host"]
             hosts += [host] if host not in hosts else []
             by_host[host]["zero-shot"].append(record["zero_shot_accuracy"])
             by_host[host]["head alone"].append(record["head_only_accuracy"])
@@ -87,9 +87,9 @@ def transfer_table(records: list[dict], grids: pd.DataFrame) -> str:
 def cost_table(records: list[dict], grids: pd.DataFrame) -> str:
     """Adapter bytes and extra FLOPs (fvcore, 128 tokens) per method and host."""
     rows: dict[tuple[str, str], tuple[set, set]] = defaultdict(lambda: (set(), set()))
+    source_bytes = {r["adapter_bytes"] for r in records if r["what"] == "source"}  # the file every host loads
     for record in records:
         if record["what"] == "transfer":
-            source_bytes = {r["adapter_bytes"] for r in records if r["what"] == "source"}
             rows[("UniHyperLoRA", record["host"])][0].update(source_bytes)
             rows[("UniHyperLoRA", record["host"])][1].add(round(100 * record["flop_overhead"], 2))
     for _, row in grids.iterrows():

@@ -73,15 +73,12 @@ def _test(module, data) -> float:
     return float(_trainer().test(module, datamodule=data, verbose=False)[0][f"test/{data.primary_metric}"])
 
 
-_RECORDS: list[Path] = []
-
-
-def _emit(record: dict) -> None:
+def _emit(args, record: dict) -> None:
+    """Print ``record`` as one JSON line and append it to ``args.records``."""
     line = json.dumps(record)
     print(line, flush=True)
-    for path in _RECORDS:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+    with open(args.records, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
 
 
 def _satlora_per_host(host: str, args, out: Path) -> None:
@@ -102,7 +99,7 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     size = sum((directory / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
     reloaded = SATLoRAModule(backbone=host, init_adapter=str(directory), max_flop_overhead=None).eval()
     config = module.backbone.config
-    _emit({"what": "satlora", "seed": args.seed, "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
+    _emit(args, {"what": "satlora", "seed": args.seed, "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
            "ffn": config.intermediate_size, "d0": args.satlora_d0, "widths": module.hyper.config()["widths"],
            "train_examples": args.train_limit, "epochs": args.epochs, "train_s": round(train_s, 1),
            "test_accuracy_fp32": fp32_acc, "test_accuracy": _test(reloaded, data), "adapter_bytes": size,
@@ -116,7 +113,7 @@ def _train_source(args, out: Path) -> None:
     source = UniHyperLoRAModule(backbone=args.source, optimizer=adamw, lambda_delta=1e-3, max_flop_overhead=None)
     flops = flop_overhead(source, seq_len=128)
     flops_train = flop_overhead(source, seq_len=128, amortized=False)
-    _emit({"what": "flops", "seed": args.seed, "host": args.source, "seq_len": 128, **flops,
+    _emit(args, {"what": "flops", "seed": args.seed, "host": args.source, "seq_len": 128, **flops,
            "per_forward_overhead": flops_train["overhead"]})
     data = _data(args.source, args)
     started = time.perf_counter()
@@ -126,7 +123,7 @@ def _train_source(args, out: Path) -> None:
     fp32_acc = _test(source, data)
     source.save_adapter(out / "adapter")
     size = sum((out / "adapter" / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
-    _emit({"what": "source", "seed": args.seed, "host": args.source, "train_examples": args.train_limit,
+    _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "train_examples": args.train_limit,
            "epochs": args.epochs, "train_s": round(train_s, 1), "test_accuracy_fp32": fp32_acc, "adapter_bytes": size})
 
 
@@ -152,7 +149,7 @@ def _transfer(hosts: list[str], args, out: Path) -> None:
             module.eval()
             record.update({"delta_steps": args.delta_steps, "delta_s": round(time.perf_counter() - started, 1),
                            "after_delta_accuracy": _test(module, data)})
-        _emit(record)
+        _emit(args, record)
 
 
 def _new_task(host: str, task: str, args, out: Path) -> None:
@@ -183,7 +180,7 @@ def _new_task(host: str, task: str, args, out: Path) -> None:
                 _trainer(max_steps=args.delta_steps, limit_val_batches=0).fit(module, datamodule=data)
                 module.eval()
                 metric = _test(module, data)
-        _emit({"what": "new_task", "seed": args.seed, "host": host, "task": task, "mode": mode,
+        _emit(args, {"what": "new_task", "seed": args.seed, "host": host, "task": task, "mode": mode,
                "primary_metric": data.primary_metric, "test_metric": metric, "steps": args.delta_steps,
                "train_s": round(time.perf_counter() - started, 1),
                "delta_params": sizes["budget/delta_params"], "new_head_params": sizes["budget/new_head_params"]})
@@ -214,7 +211,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
-    _RECORDS.append(root / "records.jsonl")
+    args.records = root / "records.jsonl"
     for seed in args.seeds:
         args.seed = seed
         out = root / f"seed{seed}"
