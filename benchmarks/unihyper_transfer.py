@@ -64,8 +64,16 @@ def _data(backbone: str, args, task: str = "sst2"):
     return data_class(backbone=backbone, task=task, max_length=args.max_length, batch_size=32, train_limit=args.train_limit)
 
 
-def _trainer(**kwargs) -> Trainer:
-    return Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, **kwargs)
+def _trainer(root: Path | None = None, **kwargs) -> Trainer:
+    """A quiet CPU trainer. A fit writes its final adapter (the methods' ``SaveAdapter``) under
+    ``root/adapter``: every fit gets its own ``root`` so that nothing lands in the working
+    directory and no fit overwrites the source adapter the transfers load."""
+    return Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   default_root_dir=root, **kwargs)
+
+
+def _slug(host: str) -> str:
+    return host.replace(":", "_").replace("=", "-").replace(",", "-")
 
 
 def _test(module, data) -> float:
@@ -90,11 +98,11 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     flops = flop_overhead(module, seq_len=128)
     data = _data(host, args)
     started = time.perf_counter()
-    _trainer(max_epochs=args.epochs, limit_val_batches=0).fit(module, datamodule=data)
+    _trainer(out / "fits" / f"satlora-{_slug(host)}", max_epochs=args.epochs, limit_val_batches=0).fit(module, datamodule=data)
     train_s = time.perf_counter() - started
     module.eval()
     fp32_acc = _test(module, data)
-    directory = out / "satlora" / host.replace(":", "_").replace("=", "-").replace(",", "-")
+    directory = out / "satlora" / _slug(host)
     module.save_adapter(directory)
     size = sum((directory / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
     reloaded = SATLoRAModule(backbone=host, init_adapter=str(directory), max_flop_overhead=None).eval()
@@ -117,7 +125,7 @@ def _train_source(args, out: Path) -> None:
            "per_forward_overhead": flops_train["overhead"]})
     data = _data(args.source, args)
     started = time.perf_counter()
-    _trainer(max_epochs=args.epochs, limit_val_batches=0).fit(source, datamodule=data)
+    _trainer(out / "fits" / "source", max_epochs=args.epochs, limit_val_batches=0).fit(source, datamodule=data)
     train_s = time.perf_counter() - started
     source.eval()
     fp32_acc = _test(source, data)
@@ -145,7 +153,8 @@ def _transfer(hosts: list[str], args, out: Path) -> None:
             module.optimizer_factory = partial(torch.optim.AdamW, lr=args.delta_lr, weight_decay=0.0)
             module.train()
             started = time.perf_counter()
-            _trainer(max_epochs=-1, limit_val_batches=0, callbacks=[DeltaTuning(steps=args.delta_steps)]).fit(module, datamodule=data)
+            _trainer(out / "fits" / f"delta-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
+                     callbacks=[DeltaTuning(steps=args.delta_steps)]).fit(module, datamodule=data)
             module.eval()
             record.update({"delta_steps": args.delta_steps, "delta_s": round(time.perf_counter() - started, 1),
                            "after_delta_accuracy": _test(module, data)})
@@ -168,7 +177,8 @@ def _new_task(host: str, task: str, args, out: Path) -> None:
         started = time.perf_counter()
         if mode == "delta+head":
             tuning = DeltaTuning(steps=args.delta_steps, train_head=True)
-            _trainer(max_epochs=-1, limit_val_batches=0, callbacks=[tuning]).fit(module, datamodule=data)
+            _trainer(out / "fits" / f"{task}-delta+head-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
+                     callbacks=[tuning]).fit(module, datamodule=data)
             sizes = dict(tuning.sizes)
             module.eval()
             metric = _test(module, data)
@@ -177,7 +187,8 @@ def _new_task(host: str, task: str, args, out: Path) -> None:
             module.head.requires_grad_(True)
             sizes = {"budget/delta_params": 0, "budget/new_head_params": sum(p.numel() for p in module.head.parameters())}
             with module.hyper.bypassed():
-                _trainer(max_steps=args.delta_steps, limit_val_batches=0).fit(module, datamodule=data)
+                _trainer(out / "fits" / f"{task}-head_only-{_slug(host)}", max_steps=args.delta_steps,
+                         limit_val_batches=0).fit(module, datamodule=data)
                 module.eval()
                 metric = _test(module, data)
         _emit(args, {"what": "new_task", "seed": args.seed, "host": host, "task": task, "mode": mode,

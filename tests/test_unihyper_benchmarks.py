@@ -24,6 +24,8 @@ def test_transfer_benchmark_records_and_table(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
     assert [r["seed"] for r in records if r["what"] == "source"] == [0, 1]
     assert (tmp_path / "out" / "seed0" / "adapter" / "adapter.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"], "fits must not write into the working directory"
+    assert (tmp_path / "out" / "seed0" / "fits" / "delta-tiny-bert-h48-l3" / "adapter" / "adapter.safetensors").is_file()
     transfers = [r for r in records if r["what"] == "transfer"]
     assert {(r["seed"], r["host"]) for r in transfers} == {(s, h) for s in (0, 1) for h in ("tiny-bert", "tiny-bert-h48-l3")}
     assert all(("after_delta_accuracy" in r) == (r["host"] != "tiny-bert") for r in transfers)
