@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from pefthub.budget import flop_overhead
+from pefthub.budget import adapter_file_bytes, flop_overhead
 from pefthub.callbacks.transfer import DeltaTuning
 from pefthub.data import (
     PairClassificationDataModule,
@@ -104,7 +104,7 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     fp32_acc = _test(module, data)
     directory = out / "satlora" / _slug(host)
     module.save_adapter(directory)
-    size = sum((directory / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
+    size = adapter_file_bytes(directory)
     reloaded = SATLoRAModule(backbone=host, init_adapter=str(directory), max_flop_overhead=None).eval()
     config = module.backbone.config
     _emit(args, {"what": "satlora", "seed": args.seed, "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
@@ -130,7 +130,7 @@ def _train_source(args, out: Path) -> None:
     source.eval()
     fp32_acc = _test(source, data)
     source.save_adapter(out / "adapter")
-    size = sum((out / "adapter" / n).stat().st_size for n in ("adapter.safetensors", "adapter_config.json"))
+    size = adapter_file_bytes(out / "adapter")
     _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "train_examples": args.train_limit,
            "epochs": args.epochs, "train_s": round(train_s, 1), "test_accuracy_fp32": fp32_acc, "adapter_bytes": size})
 
