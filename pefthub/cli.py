@@ -25,8 +25,14 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from pefthub.checkpoint_io import is_deepspeed_checkpoint
 from pefthub.data.base import TaskDataModule
+from pefthub.deepspeed_support import check_method_supported
 from pefthub.methods.base import NonFiniteLossError, PEFTModule
+from pefthub.strategies import is_deepspeed
+from pefthub.strategies import register as _register_strategies
+
+_register_strategies()  # `--trainer.strategy deepspeed_cpu` and friends
 
 
 class PEFTHubCLI(LightningCLI):
@@ -48,6 +54,48 @@ class PEFTHubCLI(LightningCLI):
         config = self.config.get(self.subcommand)
         if config is not None and config.get("ckpt_path") == "last":
             config.ckpt_path = resolve_last_checkpoint(config.trainer)
+
+    def before_fit(self) -> None:
+        # Lightning's own DeepSpeed strategies too (deepspeed_cpu also checks in its setup)
+        check_method_supported(self.model, self.trainer.strategy)
+        self._check_resume_layout()
+
+    def before_validate(self) -> None:
+        self._load_weights_across_strategies("validate")
+
+    def before_test(self) -> None:
+        self._load_weights_across_strategies("test")
+
+    def before_predict(self) -> None:
+        self._load_weights_across_strategies("predict")
+
+    def _check_resume_layout(self) -> None:
+        """Resuming needs the optimiser state in the layout the strategy reads: a DeepSpeed
+        directory under DeepSpeed, a file elsewhere; say so in one line instead of a traceback."""
+        path = self.config_init["fit"].get("ckpt_path")
+        if not path or not Path(path).exists():
+            return
+        if is_deepspeed_checkpoint(path) and not is_deepspeed(self.trainer):
+            raise ValueError(
+                f"ckpt_path {path} is a DeepSpeed checkpoint (a directory): resume it with a DeepSpeed trainer.strategy "
+                "(deepspeed_cpu, deepspeed_stage_2, ...), or use it for weights only (pefthub test/predict)"
+            )
+        if is_deepspeed(self.trainer) and not is_deepspeed_checkpoint(path):
+            raise ValueError(
+                f"ckpt_path {path} is not a DeepSpeed checkpoint directory, so trainer.strategy "
+                f"{type(self.trainer.strategy).__name__} cannot resume its optimiser state; resume it with the strategy "
+                "that wrote it, or use it for weights only (pefthub test/predict)"
+            )
+
+    def _load_weights_across_strategies(self, subcommand: str) -> None:
+        """test/validate/predict need only weights: a checkpoint written under another strategy
+        (DeepSpeed directory vs file) is read here into the model, and Lightning gets none."""
+        path = self.config_init[subcommand].get("ckpt_path")
+        if not path or not Path(path).exists() or is_deepspeed_checkpoint(path) == is_deepspeed(self.trainer):
+            return
+        self.model.load_trainable_from_checkpoint(path)
+        self.config_init[subcommand]["ckpt_path"] = None
+        print(f"pefthub: loaded the weights of {path} (written under another strategy; weights only)", file=sys.stderr)
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
@@ -74,14 +122,16 @@ def resolve_last_checkpoint(trainer_config) -> str | None:
     logger_args = logger.get("init_args") if hasattr(logger, "get") else None
     if not candidates and logger_args is not None:
         root = Path(logger_args.get("save_dir") or ".") / (logger_args.get("name") or "lightning_logs")
-        versions = sorted(root.glob("version_*/checkpoints/last.ckpt"), key=lambda p: _version_number(p.parents[1].name))
+        versions = sorted(root.glob("version_*/checkpoints/last.ckpt*"), key=lambda p: _version_number(p.parents[1].name))
         if versions:
-            candidates.append(versions[-1])
+            candidates.append(versions[-1].with_name("last.ckpt"))
             logger_args.version = _version_number(versions[-1].parents[1].name)
     if not candidates:
         root = Path(trainer_config.get("default_root_dir") or ".")
         candidates = sorted(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1:]
-    found = [p for p in candidates if p.is_file()]
+    # a file, or a DeepSpeed directory; `last.ckpt.old` is the previous one when a directory
+    # swap was interrupted between its two renames (pefthub.callbacks.checkpoint.replace_path)
+    found = [q for p in candidates for q in (p, p.with_name(p.name + ".old")) if q.is_file() or is_deepspeed_checkpoint(q)][:1]
     if not found:
         print("pefthub: --ckpt_path last: no last.ckpt found for this configuration; starting from scratch", file=sys.stderr)
         return None

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 
+@contextlib.contextmanager
+def full_parameters(module: LightningModule) -> Iterator[None]:
+    """Under ZeRO-3 (parameters partitioned, ``ds_id`` set), gather every parameter on every
+    rank for the duration, and afterwards re-partition them from rank 0's values; elsewhere
+    nothing. A collective: every rank must enter it."""
+    partitioned = [p for p in module.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield
+
+
 class SaveAdapter(Callback):
     """At the end of ``fit``, write the adapter of the best checkpoint (when a
     ``ModelCheckpoint`` tracked one) or of the final weights to ``<log_dir>/adapter``.
+    The best checkpoint may be a file or a DeepSpeed directory (consolidated, ZeRO-3 too).
 
     Args:
         dirpath: where to write; default ``<trainer.log_dir>/adapter``.
@@ -26,10 +44,11 @@ class SaveAdapter(Callback):
             return
         # trainer.log_dir is a collective under DDP: every rank must ask before rank 0 writes
         directory = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "adapter")
-        if not trainer.is_global_zero:
-            return
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
-        if best:
-            pl_module.load_trainable_from_checkpoint(best)
-        path = pl_module.save_adapter(directory)
-        rank_zero_info(f"adapter saved to {path} ({pl_module.adapter_file_bytes():,} bytes)" + (f" from {best}" if best else ""))
+        with full_parameters(pl_module):  # every rank gathers under ZeRO-3; rank 0 writes
+            if not trainer.is_global_zero:
+                return
+            if best:
+                pl_module.load_trainable_from_checkpoint(best)
+            path = pl_module.save_adapter(directory)
+            rank_zero_info(f"adapter saved to {path} ({pl_module.adapter_file_bytes():,} bytes)" + (f" from {best}" if best else ""))

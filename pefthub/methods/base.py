@@ -26,6 +26,7 @@ from pefthub.backbones import CAUSAL_FAMILIES, family_of, hidden_size, load_back
 from pefthub.callbacks.adapter_export import SaveAdapter
 from pefthub.callbacks.rng import RNGState
 from pefthub.callbacks.timing import StepTimer
+from pefthub.checkpoint_io import read_checkpoint, saved_tensor_names
 from pefthub.metrics import build_metrics
 
 
@@ -286,7 +287,8 @@ class PEFTModule(LightningModule):
                     f"set model.{'class_path' if key == 'method' else 'backbone'} to match it or start a new run"
                 )
         expected = {name for name, p in self.named_parameters() if p.requires_grad}
-        missing = sorted(expected - set(checkpoint.get("state_dict", {})))
+        # a DeepSpeed engine loads the weights itself and hands over only the names it saved
+        missing = sorted(expected - saved_tensor_names(checkpoint))
         if missing:
             raise ValueError(
                 f"checkpoint lacks {len(missing)} trainable tensor(s) this {type(self).__name__} needs "
@@ -294,8 +296,12 @@ class PEFTModule(LightningModule):
             )
 
     def load_trainable_from_checkpoint(self, path: str | Path) -> None:
-        """Copy the trainable tensors of a pefthub checkpoint into this module (weights only)."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        """Copy the trainable tensors of a pefthub checkpoint into this module (weights only).
+
+        ``path`` is a Lightning checkpoint file or a DeepSpeed checkpoint directory
+        (:func:`pefthub.checkpoint_io.read_checkpoint`). Under ZeRO-3 call it inside
+        ``deepspeed.zero.GatheredParameters`` (the parameters are shards otherwise)."""
+        checkpoint = read_checkpoint(path)
         self.on_load_checkpoint(checkpoint)
         self.load_state_dict(checkpoint["state_dict"], strict=False)
 

@@ -1,0 +1,51 @@
+"""Which pefthub methods train correctly under DeepSpeed, checked before the first step.
+
+DeepSpeed owns the gradients and the optimiser's fp32 master weights: ZeRO reduces gradients
+into its own (partitioned) buffers, so after ``backward`` a parameter's ``.grad`` is ``None``
+or a shard, and an in-place change to a parameter between steps is overwritten by the next
+step's copy from the master weights. Methods whose callbacks read ``.grad`` or edit
+parameters/optimiser state between steps would train silently wrong; they are refused here
+with one line that says why. A method becomes allowed by setting the class attribute
+``deepspeed_compatible = True`` once it reads gradients through DeepSpeed's API (see README,
+"Scaling out").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# method_name -> why it cannot run under DeepSpeed (yet)
+GRADIENT_READERS: dict[str, str] = {
+    "adalora": (
+        "AdaLoRA's rank allocator reads p.grad after the optimiser step and masks weights in place, "
+        "but DeepSpeed partitions the gradients (p.grad is None) and restores the weights from its own fp32 copy"
+    ),
+    "importance_lora": (
+        "the FW-LoRA/IW-LoRA importance warm-up reads p.grad in on_before_optimizer_step, "
+        "but DeepSpeed keeps the gradients in its own partitioned buffers (p.grad is None)"
+    ),
+    "glora": (
+        "GLoRA's importance warm-up reads p.grad and its rank reallocation rebuilds adapters and optimiser mid-run, "
+        "which DeepSpeed's engine (owner of gradients and optimiser) does not allow"
+    ),
+}
+
+
+def check_method_supported(module: Any, strategy: Any) -> None:
+    """Raise ``ValueError`` (one line) when ``module``'s method cannot train under ``strategy``.
+
+    Only DeepSpeed strategies are checked; a module class with ``deepspeed_compatible = True``
+    is always allowed.
+    """
+    from pefthub.strategies import zero_stage
+
+    stage = zero_stage(strategy)
+    if stage is None or getattr(type(module), "deepspeed_compatible", False):
+        return
+    method = getattr(type(module), "method_name", type(module).__name__)
+    reason = GRADIENT_READERS.get(method)
+    if reason is not None:
+        raise ValueError(
+            f"method {method!r} ({type(module).__name__}) cannot train under DeepSpeed (ZeRO stage {stage}): {reason}; "
+            "use trainer.strategy ddp instead"
+        )
