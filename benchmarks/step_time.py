@@ -72,15 +72,16 @@ from pefthub.methods import (  # noqa: E402
     UniHyperLoRAModule,
 )
 from pefthub.methods.base import PEFTModule  # noqa: E402
+from pefthub.opcount import OpCounter  # noqa: E402
 
 VARIANTS = (
     "floor", "pefthub_lora", "hf_peft_lora", "pefthub_adalora", "hf_peft_adalora",
     "fw_lora", "glora", "unihyperlora", "full_finetune",
 )
 HF_REFERENCE = {"pefthub_lora": "hf_peft_lora", "pefthub_adalora": "hf_peft_adalora"}
-LORA = {"rank": 8, "alpha": 16, "dropout": 0.05}
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "fast_cpu_dropout": True}
 ADALORA = {"init_rank": 12, "target_rank": 8, "alpha": 24, "dropout": 0.05, "tinit": 0.1, "tfinal": 0.3,
-           "delta_t": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.1}
+           "delta_t": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.1, "fast_cpu_dropout": True}
 
 
 class HeadOnly(PEFTModule):
@@ -132,17 +133,24 @@ class Variant:
         self.steps_done = 0
         self.times: list[float] = []
 
-    def step(self, batch: dict[str, torch.Tensor], autocast: contextlib.AbstractContextManager) -> None:
-        with autocast:
-            logits = self.module(batch["input_ids"], batch["attention_mask"])
-            loss = F.cross_entropy(logits.float(), batch["labels"])
-            extra = self.extra_loss()
-            if extra is not None:
-                loss = loss + extra.float()
-        loss.backward()
+    def step(self, batch: dict[str, torch.Tensor], autocast: contextlib.AbstractContextManager,
+             counter: OpCounter | None = None) -> None:
+        """One training step; with ``counter``, the ops of everything but the optimiser step
+        and ``zero_grad`` are counted (forward, loss, penalty, backward, the method's
+        per-step bookkeeping)."""
+        counting = counter if counter is not None else contextlib.nullcontext()
+        with counting:
+            with autocast:
+                logits = self.module(batch["input_ids"], batch["attention_mask"])
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+                extra = self.extra_loss()
+                if extra is not None:
+                    loss = loss + extra.float()
+            loss.backward()
         self.optimizer.step()
         if self.after_step is not None:
-            self.after_step(self.steps_done)
+            with counting:
+                self.after_step(self.steps_done)
         self.optimizer.zero_grad(set_to_none=True)
         self.steps_done += 1
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pefthub.adapters.frozen_linear import FrozenLinearWrapper
-from pefthub.adapters.lowrank_update import low_rank_update
+from pefthub.adapters.lowrank_update import adapted_linear, dropout_probability
 from pefthub.scoring import (
     adalora_budget,
     adalora_element_score,
@@ -61,6 +61,8 @@ class SVDLinear(FrozenLinearWrapper):
         self.init_rank = int(rank)
         self.scaling = self.alpha / self.init_rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fast_cpu_dropout = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_dropout
+        self._transposed: dict[str, torch.Tensor] = {}  # adapted_linear's cache of transposed views
         weight = base.weight
         kwargs = {"dtype": weight.dtype, "device": weight.device}
         self.lora_P = nn.Parameter(torch.empty(base.out_features, rank, **kwargs))  # left singular vectors
@@ -105,8 +107,10 @@ class SVDLinear(FrozenLinearWrapper):
         return (self.lora_P * self.lora_lambda) @ self.lora_Q * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
-        return low_rank_update(result, self.dropout(x), self.lora_Q * self.lora_lambda.unsqueeze(1), self.lora_P, self.scaling)
+        return adapted_linear(
+            x, self.base.weight, self.base.bias, self.lora_Q, self.lora_P, self.scaling, lam=self.lora_lambda,
+            dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_dropout=self.fast_cpu_dropout, cache=self._transposed,
+        )
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, init_rank={self.init_rank}, active_rank={self.active_rank}, alpha={self.alpha}"

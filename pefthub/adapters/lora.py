@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pefthub.adapters.frozen_linear import FrozenLinearWrapper
-from pefthub.adapters.lowrank_update import low_rank_update
+from pefthub.adapters.lowrank_update import adapted_linear, dropout_probability
 
 
 class LoRALinear(FrozenLinearWrapper):
@@ -35,6 +35,8 @@ class LoRALinear(FrozenLinearWrapper):
         self.alpha = float(alpha)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.fast_cpu_dropout = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_dropout
+        self._transposed: dict[str, torch.Tensor] = {}  # adapted_linear's cache of transposed views
         weight = base.weight
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=weight.dtype, device=weight.device))
@@ -120,10 +122,12 @@ class LoRALinear(FrozenLinearWrapper):
             self.alpha = old_scaling * new_rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
         if self.merged or self.rank == 0:
-            return result
-        return low_rank_update(result, self.dropout(x), self.lora_A, self.lora_B, self.scaling)
+            return self.base(x)
+        return adapted_linear(
+            x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
+            dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_dropout=self.fast_cpu_dropout, cache=self._transposed,
+        )
 
     @torch.no_grad()
     def merge(self) -> None:

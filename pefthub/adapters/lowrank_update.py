@@ -1,22 +1,31 @@
-"""The low-rank update ``y = result + s · (x Aᵀ) Bᵀ`` as one autograd function.
+"""A frozen linear layer plus a low-rank update, as one autograd function.
 
-Mathematically this is ``result + s * F.linear(F.linear(x, A), B)``; what differs is how the
-backward pass lays out its matrix products. With ``g = ∂L/∂y`` (N × d_out), ``h = x Aᵀ``
-(N × r):
+    y = W x + b + s · B diag(λ) A drop(x)          (λ ≡ 1 for LoRA; AdaLoRA's singular values)
 
-    ∂L/∂h = s · g B        computed as s · (Bᵀ gᵀ)ᵀ
-    ∂L/∂B = s · gᵀ h       computed as s · (hᵀ g)ᵀ
-    ∂L/∂A = (∂L/∂h)ᵀ x
-    ∂L/∂x = (∂L/∂h) A
-    ∂L/∂result = g
+Why one function: on a GPU a small model's training step costs ≈ 20 µs per dispatched aten op
+(launch-bound), so the op count of the step is its speed. Autograd's composition of
+``linear(x) + linear(linear(dropout(x), A), B) * s`` dispatches ~30 ops per adapted matrix
+(transposes, views, the dropout's four ops, the scaling multiply and their backward nodes, a
+clone of the transposed ∂L/∂B); this function dispatches about half as many, counted by
+``tests/test_op_counts.py``. With ``g = ∂L/∂y`` (N × d_out), ``x̃ = drop(x)``, ``h = x̃ Aᵀ``
+(N × r), ``h_λ = h diag(λ)``:
 
-Autograd's generic ``linear`` backward forms ``gᵀ h`` and ``g B`` with the long N dimension as
-the reduction/leading axis of a transposed operand; for r ≪ d these skinny products run several
-times slower in MKL on the CPUs measured here (AMD EPYC: ``gᵀ h`` 141 ms vs ``(hᵀ g)ᵀ`` 24 ms for
-N = 4096, d_out = 1536, r = 8, one thread) — the same numbers, a different loop order. The forward
-folds the add and the scaling into one ``addmm``. The plain composition is used under autocast
-(the backward here does not re-enter autocast) and while tracing (``torch.jit.trace``, which
-fvcore's FLOP count uses, sees an autograd function as one opaque op and would count nothing).
+    forward   y  = addmm(b, x, Wᵀ);  y += s · h_λ Bᵀ                 (one addmm_, scaling folded)
+    ∂L/∂h_λ = s · g B                                                (one addmm, β = 0)
+    ∂L/∂λ   = Σ_n (∂L/∂h_λ ⊙ h)_n,   ∂L/∂h = ∂L/∂h_λ diag(λ)
+    ∂L/∂A   = (∂L/∂h)ᵀ x̃,            ∂L/∂B = s · gᵀ h_λ                (contiguous, like B)
+    ∂L/∂x   = g W + drop'((∂L/∂h) A)                                   (one addmm)
+
+Dropout is torch's own kernel (``native_dropout``: one op forward, one backward; a GPU runs it
+fused). On the CPU, where that kernel samples a double per element (≈ 4 ns each, most of a
+LoRA step's overhead at MiniLM size), ``fast_cpu_dropout`` draws the mask from 16-bit random
+integers instead (≈ 3× faster; keep probability rounded to a multiple of 1/65536 and the
+update scaled by the exact inverse of it, so E[x̃] = x still holds).
+
+The plain composition is used while tracing (``torch.jit.trace``, which fvcore's FLOP count
+uses, sees an autograd function as one opaque op) and when the frozen weight itself trains.
+Under autocast the inputs are cast once to the autocast dtype and the function runs with
+autocast off (the casts are differentiable, so gradients reach the fp32 parameters).
 """
 
 from __future__ import annotations
@@ -25,42 +34,143 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+#: 16-bit resolution of the fast CPU dropout mask.
+_MASK_LEVELS = 1 << 16
 
-class _LowRankUpdate(torch.autograd.Function):
+
+def _fast_cpu_dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """Boolean keep-mask with P(keep) = round((1 - p) · 65536) / 65536, and 1 / P(keep).
+
+    Uniform 64-bit integers (``random_`` over the whole int64 range) are drawn for a quarter of
+    the elements and read as four uniform signed 16-bit values each; an element is kept when
+    its value is below ``threshold - 32768``.
+    """
+    numel = x.numel()
+    threshold = round((1.0 - p) * _MASK_LEVELS)
+    if threshold <= 0:
+        raise ValueError(f"dropout probability {p} leaves no element; use p < 1")
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+    values = words.view(torch.int16)
+    if values.numel() != numel:
+        values = values[:numel]
+    return values.view(x.shape) < threshold - _MASK_LEVELS // 2, _MASK_LEVELS / threshold
+
+
+class _AdaptedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, result: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:  # noqa: N803
-        h = x @ A.t()
-        out = torch.addmm(result, h, B.t(), alpha=scaling)
-        ctx.save_for_backward(x, A, B, h)
-        ctx.scaling = scaling
-        return out
+    def forward(ctx, x, weight, bias, A, B, lam, scaling: float, p: float, fast_cpu: bool, transposed):  # noqa: ANN001, ANN205, N803
+        weight_t, A_t, B_t = transposed if transposed is not None else (weight.t(), A.t(), B.t())  # noqa: N806
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        mask = None
+        if p > 0:
+            if fast_cpu and x2.device.type == "cpu":
+                mask, inverse_keep = _fast_cpu_dropout_mask(x2, p)
+                xd = x2 * mask
+                scaling = scaling * inverse_keep
+            else:
+                xd, mask = torch.ops.aten.native_dropout(x2, p, True)
+        else:
+            xd = x2
+        out = torch.addmm(bias, x2, weight_t) if bias is not None else torch.mm(x2, weight_t)
+        h = torch.mm(xd, A_t)
+        h_lam = h * lam if lam is not None else h
+        out.addmm_(h_lam, B_t, alpha=scaling)
+        ctx.save_for_backward(weight, A, B, lam, xd, mask, h, h_lam if lam is not None else None)
+        ctx.scaling, ctx.p, ctx.fast_cpu = scaling, p, fast_cpu and x2.device.type == "cpu"
+        ctx.x_shape = x.shape
+        if mask is not None:
+            ctx.mark_non_differentiable(mask)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: ANN205
-        x, A, B, h = ctx.saved_tensors  # noqa: N806
-        scaling = ctx.scaling
-        need_result, need_x, need_A, need_B, _ = ctx.needs_input_grad  # noqa: N806
-        grad_x = grad_A = grad_B = None  # noqa: N806
-        if need_x or need_A:
-            grad_h = (B.t() @ grad_out.t()).t().mul_(scaling)
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        weight, A, B, lam, xd, mask, h, h_lam = ctx.saved_tensors  # noqa: N806
+        if h_lam is None:
+            h_lam = h
+        s = ctx.scaling
+        need_x, _, _, need_A, need_B, need_lam = ctx.needs_input_grad[:6]  # noqa: N806
+        g = grad_out if grad_out.dim() == 2 else grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_A = grad_B = grad_lam = None  # noqa: N806
+        if need_x or need_A or need_lam:
+            grad_h = torch.addmm(h, g, B, beta=0, alpha=s)  # s · g B  (β = 0: h only lends its shape)
+            if lam is not None:
+                if need_lam:
+                    grad_lam = (grad_h * h).sum(0)
+                grad_h = grad_h * lam
             if need_A:
-                grad_A = grad_h.t() @ x  # noqa: N806
+                grad_A = torch.mm(grad_h.t(), xd)  # noqa: N806
             if need_x:
-                grad_x = grad_h @ A
+                grad_x = torch.mm(grad_h, A)
+                if mask is not None:
+                    grad_x = grad_x * mask if ctx.fast_cpu else torch.ops.aten.native_dropout_backward(grad_x, mask, 1.0 / (1.0 - ctx.p))
+                grad_x = torch.addmm(grad_x, g, weight)
+                if len(ctx.x_shape) != 2:
+                    grad_x = grad_x.view(ctx.x_shape)
         if need_B:
-            grad_B = (h.t() @ grad_out).t().mul_(scaling)  # noqa: N806
-        return (grad_out if need_result else None), grad_x, grad_A, grad_B, None
+            grad_B = torch.addmm(B, g.t(), h_lam, beta=0, alpha=s)  # noqa: N806
+        return grad_x, None, None, grad_A, grad_B, grad_lam, None, None, None, None
 
 
-def low_rank_update(result: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:  # noqa: N803
-    """``result + scaling · (x Aᵀ) Bᵀ`` for ``x`` (..., d_in), ``A`` (r, d_in), ``B`` (d_out, r).
+def _plain(x, weight, bias, A, B, lam, scaling, p, training):  # noqa: ANN001, ANN202, N803
+    update_A = A if lam is None else A * lam.unsqueeze(1)  # noqa: N806
+    return F.linear(x, weight, bias) + F.linear(F.linear(F.dropout(x, p, training), update_A), B) * scaling
 
-    ``result`` (..., d_out) is the frozen layer's output. Same value as the plain composition
-    (up to float summation order); the backward uses BLAS-friendly layouts (module docstring).
+
+def dropout_probability(module: torch.nn.Module) -> float:
+    """p of an adapter's ``dropout`` submodule (``nn.Dropout``), 0 for ``nn.Identity``."""
+    return float(module.p) if isinstance(module, torch.nn.Dropout) else 0.0
+
+
+def adapted_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,  # noqa: N803
+    B: torch.Tensor,  # noqa: N803
+    scaling: float,
+    *,
+    lam: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+    fast_cpu_dropout: bool = True,
+    cache: dict | None = None,
+) -> torch.Tensor:
+    """``x Wᵀ + b + scaling · drop(x) Aᵀ diag(λ) Bᵀ`` (module docstring).
+
+    Args:
+        x: input, shape (..., d_in).
+        weight, bias: the frozen layer, shapes (d_out, d_in) and (d_out,) or ``None``.
+        A: (r, d_in); B: (d_out, r); lam: optional (r,) diagonal between them.
+        scaling: s, a Python number.
+        dropout: dropout probability on the update's input (only when ``training``).
+        fast_cpu_dropout: on the CPU, sample the dropout mask from 16-bit integers.
+        cache: a dict the calling layer keeps; it holds detached transposed views of
+            ``weight``, ``A`` and ``B`` (they share storage, so in-place optimiser updates
+            reach them) and saves three ``t`` ops per forward. Refreshed when a tensor
+            is replaced.
     """
-    if torch.jit.is_tracing() or torch.is_autocast_enabled(x.device.type) or A.shape[0] == 0:
-        return result + F.linear(F.linear(x, A), B) * scaling
-    out_features = result.shape[-1]
-    out = _LowRankUpdate.apply(result.reshape(-1, out_features), x.reshape(-1, x.shape[-1]), A, B, float(scaling))
-    return out.view(*result.shape[:-1], out_features)
+    p = float(dropout) if training else 0.0
+    if torch.jit.is_tracing() or A.shape[0] == 0 or weight.requires_grad or (bias is not None and bias.requires_grad):
+        return _plain(x, weight, bias, A, B, lam, scaling, p, training)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        x, weight, A, B = x.to(dtype), weight.to(dtype), A.to(dtype), B.to(dtype)  # noqa: N806
+        bias = bias.to(dtype) if bias is not None else None
+        lam = lam.to(dtype) if lam is not None else None
+        with torch.autocast(device_type, enabled=False):
+            return _AdaptedLinear.apply(x, weight, bias, A, B, lam, float(scaling), p, fast_cpu_dropout, None)
+    transposed = None
+    if cache is not None:
+        transposed = (_transposed(cache, "weight", weight), _transposed(cache, "A", A), _transposed(cache, "B", B))
+    return _AdaptedLinear.apply(x, weight, bias, A, B, lam, float(scaling), p, fast_cpu_dropout, transposed)
+
+
+def _transposed(cache: dict, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.detach().t()``, reused while it still views ``tensor``'s memory."""
+    view = cache.get(key)
+    if (view is None or view.data_ptr() != tensor.data_ptr() or view.shape[::-1] != tensor.shape
+            or view.dtype != tensor.dtype or view.device != tensor.device):
+        view = cache[key] = tensor.detach().t()
+    return view

@@ -62,6 +62,10 @@ class PEFTModule(LightningModule):
         warmup_fraction: fraction of all optimiser steps spent warming the learning rate
             up linearly from 0; it then decays linearly to 0 (``lr_schedule: linear``).
         lr_schedule: ``linear`` (warm-up + linear decay) or ``constant`` (warm-up only).
+        fast_cpu_dropout: on the CPU, draw the adapter-input dropout masks of LoRA-shaped
+            adapters (LoRA, AdaLoRA, FW/IW-LoRA, GLoRA) from 16-bit random integers, about 3x
+            faster than torch's kernel (keep probability rounded to a multiple of 1/65536);
+            ``false`` uses torch's dropout kernel, as every GPU run does.
     """
 
     method_name = "base"
@@ -77,6 +81,7 @@ class PEFTModule(LightningModule):
         optimizer: OptimizerCallable = _adamw,
         warmup_fraction: float = 0.06,
         lr_schedule: str = "linear",
+        fast_cpu_dropout: bool = True,
     ) -> None:
         super().__init__()
         if num_labels < 1:
@@ -109,6 +114,9 @@ class PEFTModule(LightningModule):
         self.test_metrics = build_metrics(task_type, num_labels, self.label_names).clone(prefix="test/")
 
         self.build_adapters()
+        for module in self.backbone.modules():
+            if hasattr(module, "fast_cpu_dropout"):
+                module.fast_cpu_dropout = bool(fast_cpu_dropout)
         mark_only_adapters_trainable(self.backbone)
         self.head.requires_grad_(True)
         # Checkpoints carry only trainable tensors; the frozen backbone comes from `backbone`.
