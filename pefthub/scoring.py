@@ -49,7 +49,7 @@ def global_topk_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
         return torch.ones_like(scores, dtype=torch.bool)
     if keep <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = torch.kthvalue(scores, k=n - keep).values.item()
+    threshold = torch.kthvalue(scores, k=n - keep).values  # stays on the device: no host sync
     return scores > threshold
 
 

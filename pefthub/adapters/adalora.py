@@ -31,8 +31,6 @@ from pefthub.adapters.frozen_linear import FrozenLinearWrapper
 from pefthub.adapters.lowrank_update import adapted_linear, dropout_probability
 from pefthub.scoring import (
     adalora_budget,
-    adalora_element_score,
-    adalora_importance_update,
     adalora_phase,
     adalora_triplet_scores,
     global_topk_mask,
@@ -124,20 +122,28 @@ def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear],
       ``‖QQᵀ − I‖_F`` and ``‖PᵀP − I‖_F``;
     - ``"sum_squared"`` (the paper's equation): Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F.
 
-    Every triplet counts, masked ones included (as in PEFT).
+    Every triplet counts, masked ones included (as in PEFT). Matrices of one shape are stacked
+    and handled by one batched product (``bmm``): a handful of ops per shape instead of about
+    ten per matrix (the step is launch-bound on a GPU).
     """
     if form not in ORTH_REG_FORMS:
         raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {form!r}")
     modules = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
     if not modules:
         raise ValueError("orthogonal_regularization needs at least one SVDLinear layer")
-    terms = []
+    groups: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
     for layer in modules:
-        for cov in (layer.lora_Q @ layer.lora_Q.T, layer.lora_P.T @ layer.lora_P):
-            eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-            terms.append(torch.norm(cov - eye, p="fro") if form == "mean_norm" else (cov - eye).pow(2).sum())
-    total = torch.stack(terms).sum()
-    return total / len(terms) if form == "mean_norm" else total
+        groups.setdefault(("Q", tuple(layer.lora_Q.shape)), []).append(layer.lora_Q)
+        groups.setdefault(("P", tuple(layer.lora_P.shape)), []).append(layer.lora_P)
+    terms = []
+    for (kind, _), matrices in groups.items():
+        stacked = torch.stack(matrices)
+        # Q Qᵀ for the rows of Q, Pᵀ P for the columns of P: both r × r
+        cov = torch.bmm(stacked, stacked.transpose(1, 2)) if kind == "Q" else torch.bmm(stacked.transpose(1, 2), stacked)
+        deviation = cov - torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        terms.append(torch.linalg.matrix_norm(deviation) if form == "mean_norm" else deviation.pow(2).sum((1, 2)))
+    norms = torch.cat(terms) if len(terms) > 1 else terms[0]
+    return norms.mean() if form == "mean_norm" else norms.sum()
 
 
 # --------------------------------------------------------------------------- rank allocation
@@ -145,20 +151,22 @@ def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear],
 
 @dataclass
 class AllocationReport:
-    """What one call of :meth:`RankAllocator.step` did."""
+    """What one call of :meth:`RankAllocator.step` did.
+
+    ``active_rank`` (triplets kept after this step, over all layers) is read from the device
+    only when asked for: a host sync, so callers ask on logging steps only.
+    """
 
     step: int
     phase: str  # warmup | reduce | final
     budget: int  # b(t), triplets allowed over all layers
-    updated_importance: bool
+    updated_importance: bool  # False when skipped (a non-finite gradient, with check_finite)
     masked: bool  # a new allocation (top-b) was computed at this step
-    active_rank: int  # triplets kept after this step, over all layers
+    allocator: RankAllocator = field(repr=False)
 
-
-@dataclass
-class _Stats:
-    sensitivity: dict[str, torch.Tensor] = field(default_factory=dict)
-    uncertainty: dict[str, torch.Tensor] = field(default_factory=dict)
+    @property
+    def active_rank(self) -> int:
+        return self.allocator.active_rank()
 
 
 class RankAllocator:
@@ -186,6 +194,15 @@ class RankAllocator:
         delta_t: steps between two allocations in the reduction phase.
         beta1: EMA coefficient of the sensitivity Ī.
         beta2: EMA coefficient of the uncertainty Ū.
+        check_finite: skip the importance update when a gradient is not finite (fp16 overflow
+            steps). The check reads one flag back from the device, a host sync per step, so
+            :class:`~pefthub.callbacks.rank_allocation.AdaLoRARankAllocation` turns it on only
+            when the run scales its loss (fp16 mixed precision), the one case where training
+            goes on after a non-finite gradient.
+
+    Every per-step computation runs as multi-tensor (``torch._foreach_*``) or batched ops over
+    all layers, with the same element-wise expressions (and rounding) as HF PEFT, and no host
+    sync: the budget threshold stays on the device.
     """
 
     def __init__(
@@ -197,6 +214,7 @@ class RankAllocator:
         delta_t: int = 1,
         beta1: float = 0.85,
         beta2: float = 0.85,
+        check_finite: bool = True,
     ) -> None:
         if not layers:
             raise ValueError("RankAllocator needs at least one SVDLinear layer")
@@ -224,7 +242,11 @@ class RankAllocator:
         self.budget = self.init_budget
         self.skipped_nonfinite = 0
         self.final_done = False
-        self._stats = _Stats()
+        self.check_finite = bool(check_finite)
+        # keys "<layer>.<lora_P|lora_lambda|lora_Q>" in a fixed order; the EMAs Ī, Ū in that order
+        self.keys = [f"{name}.{local}" for name in self.names for local in ("lora_P", "lora_lambda", "lora_Q")]
+        self._sensitivity: list[torch.Tensor] = []
+        self._uncertainty: list[torch.Tensor] = []
 
     # ------------------------------------------------------------------ schedule
 
@@ -271,71 +293,118 @@ class RankAllocator:
 
     # ------------------------------------------------------------------ importance
 
-    def gradients_finite(self) -> bool:
+    def parameters(self) -> list[torch.Tensor]:
+        """P, λ, Q of every layer, in the order of :attr:`keys`."""
+        return [param for name in self.names for param in (self.layers[name].lora_P, self.layers[name].lora_lambda, self.layers[name].lora_Q)]
+
+    def gradients_finite(self, grads: list[torch.Tensor | None] | None = None) -> bool:
         """True when every present adapter gradient is finite (one host sync in all)."""
-        checks = [
-            torch.isfinite(param.grad).all()
-            for layer in self.layers.values()
-            for param in layer.adapter_parameters().values()
-            if param.grad is not None
-        ]
-        return bool(torch.stack(checks).all()) if checks else True
+        present = [g for g in (grads if grads is not None else [p.grad for p in self.parameters()]) if g is not None]
+        if not present:
+            return True
+        found = torch.zeros((), device=present[0].device)
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for grad in present:
+            by_dtype.setdefault(grad.dtype, []).append(grad.detach())
+        for tensors in by_dtype.values():
+            # multiplies by 1.0 (no change) and sets `found` when any entry is inf or nan
+            torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, torch.ones((), device=found.device))
+        return not bool(found)
 
     @torch.no_grad()
-    def update_importance(self) -> bool:
+    def update_importance(self, grads: list[torch.Tensor | None] | None = None) -> bool:
         """Update Ī, Ū from the current parameters and gradients; ``False`` (and no
-        update) when a gradient is not finite. A missing gradient counts as zero."""
-        if not self.gradients_finite():
+        update) when ``check_finite`` is on and a gradient is not finite. A missing gradient
+        counts as zero.
+
+        Args:
+            grads: the gradients in the order of :meth:`parameters` (default: each ``p.grad``);
+                a caller that reads them elsewhere (e.g. gathered from a sharded optimiser)
+                passes them here.
+        """
+        params = self.parameters()
+        grads = [p.grad for p in params] if grads is None else list(grads)
+        if len(grads) != len(params):
+            raise ValueError(f"update_importance got {len(grads)} gradients for {len(params)} parameters")
+        if self.check_finite and not self.gradients_finite(grads):
             self.skipped_nonfinite += 1
             return False
-        for name in self.names:
-            for local, param in self.layers[name].adapter_parameters().items():
-                key = f"{name}.{local}"
-                # statistics in fp32 for half-precision adapters, else in the parameter's dtype
-                dtype = torch.float32 if param.dtype in (torch.float16, torch.bfloat16) else param.dtype
-                weight = param.detach().to(dtype)
-                grad = param.grad.to(dtype) if param.grad is not None else torch.zeros_like(weight)
-                previous_s = self._stats.sensitivity.get(key, torch.zeros_like(weight))
-                previous_u = self._stats.uncertainty.get(key, torch.zeros_like(weight))
-                self._stats.sensitivity[key], self._stats.uncertainty[key] = adalora_importance_update(
-                    weight, grad, previous_s, previous_u, self.beta1, self.beta2
-                )
+        # statistics in fp32 for half-precision adapters, else in the parameter's dtype
+        weights = [p.float() if p.dtype in (torch.float16, torch.bfloat16) else p for p in params]
+        grads = [torch.zeros_like(w) if g is None else (g if g.dtype == w.dtype else g.to(w.dtype)) for w, g in zip(weights, grads, strict=True)]
+        if not self._sensitivity:
+            self._sensitivity = [torch.zeros_like(w) for w in weights]
+            self._uncertainty = [torch.zeros_like(w) for w in weights]
+        # I = |w ∂L/∂w|;  Ī ← β1 Ī + (1 − β1) I;  Ū ← β2 Ū + (1 − β2) |I − Ī|  (scoring.adalora_importance_update)
+        importance = torch._foreach_mul(weights, grads)
+        torch._foreach_abs_(importance)
+        share = torch._foreach_mul(importance, 1 - self.beta1)
+        torch._foreach_mul_(self._sensitivity, self.beta1)
+        torch._foreach_add_(self._sensitivity, share)
+        deviation = torch._foreach_sub(importance, self._sensitivity)
+        torch._foreach_abs_(deviation)
+        torch._foreach_mul_(deviation, 1 - self.beta2)
+        torch._foreach_mul_(self._uncertainty, self.beta2)
+        torch._foreach_add_(self._uncertainty, deviation)
         return True
+
+    def _score_matrix(self) -> torch.Tensor:
+        """S_i of every triplet, shape (layers, r0) in :attr:`names` order (equal ranks), or a
+        flat vector of the layers' scores one after the other (unequal ranks).
+
+        S_i = s(λ_i) + (mean_k s(Q_ik) + mean_k s(P_ki)),  s = Ī · Ū  (scoring.adalora_triplet_scores)
+        """
+        if not self._sensitivity:
+            raise RuntimeError("no importance statistics yet: call update_importance() first")
+        element = torch._foreach_mul(self._sensitivity, self._uncertainty)
+        score_P, score_lam, score_Q = element[0::3], element[1::3], element[2::3]  # noqa: N806
+        if len({t.shape for t in score_lam}) > 1:
+            return torch.cat([adalora_triplet_scores(p, lam, q) for p, lam, q in zip(score_P, score_lam, score_Q, strict=True)])
+        return torch.stack(score_lam) + (self._grouped_mean(score_Q, 1) + self._grouped_mean(score_P, 0))
+
+    @staticmethod
+    def _grouped_mean(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+        """``torch.stack([t.mean(dim) for t in tensors])`` with one stacked mean per shape."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            groups.setdefault(tuple(tensor.shape), []).append(index)
+        if len(groups) == 1:
+            return torch.stack(tensors).mean(dim + 1)
+        means = torch.cat([torch.stack([tensors[i] for i in idx]).mean(dim + 1) for idx in groups.values()])
+        order = [i for idx in groups.values() for i in idx]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return means.index_select(0, inverse.to(means.device))
 
     def triplet_scores(self) -> dict[str, torch.Tensor]:
         """S_i per layer (shape (r0,)), from the current statistics."""
-        scores = {}
-        for name in self.names:
-            parts = {}
-            for local in ("lora_P", "lora_lambda", "lora_Q"):
-                key = f"{name}.{local}"
-                if key not in self._stats.sensitivity:
-                    raise RuntimeError("no importance statistics yet: call update_importance() first")
-                parts[local] = adalora_element_score(self._stats.sensitivity[key], self._stats.uncertainty[key])
-            scores[name] = adalora_triplet_scores(parts["lora_P"], parts["lora_lambda"], parts["lora_Q"])
-        return scores
+        scores = self._score_matrix()
+        sizes = [self.layers[name].init_rank for name in self.names]
+        rows = scores.unbind(0) if scores.dim() == 2 else scores.split(sizes)
+        return dict(zip(self.names, rows, strict=True))
 
     @torch.no_grad()
-    def mask_to_budget(self, budget: int) -> dict[str, torch.Tensor]:
-        """Keep the ``budget`` most important triplets over all layers; zero λ of the rest."""
-        scores = self.triplet_scores()
-        flat = torch.cat([scores[name] for name in self.names])
-        keep = global_topk_mask(flat, budget)
-        masks, offset = {}, 0
-        for name in self.names:
-            size = scores[name].numel()
-            masks[name] = keep[offset : offset + size]
-            self.layers[name].set_mask(masks[name])
-            offset += size
+    def mask_to_budget(self, budget: int) -> list[torch.Tensor]:
+        """Keep the ``budget`` most important triplets over all layers; zero λ of the rest.
+
+        Returns the new masks in :attr:`names` order. The threshold stays on the device.
+        """
+        scores = self._score_matrix()
+        keep = global_topk_mask(scores.reshape(-1), budget)
+        sizes = [self.layers[name].init_rank for name in self.names]
+        masks = list(keep.view(scores.shape).unbind(0)) if scores.dim() == 2 else list(keep.split(sizes))
+        torch._foreach_copy_([self.layers[name].rank_mask for name in self.names], masks)
+        self.apply_masks()
         return masks
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        for layer in self.layers.values():
-            layer.apply_mask()
+        """λ ← λ · mask for every layer, as one multi-tensor op."""
+        torch._foreach_mul_([self.layers[n].lora_lambda for n in self.names], [self.layers[n].rank_mask for n in self.names])
 
-    def step(self, step: int) -> AllocationReport:
-        """Everything AdaLoRA does after optimiser step ``step`` (0-based); see the class doc."""
+    def step(self, step: int, grads: list[torch.Tensor | None] | None = None) -> AllocationReport:
+        """Everything AdaLoRA does after optimiser step ``step`` (0-based); see the class doc.
+        ``grads``: as in :meth:`update_importance` (default: each parameter's ``.grad``)."""
         self._require_schedule()
         if step <= self.last_step:
             raise ValueError(f"RankAllocator.step got step {step} after step {self.last_step}; steps must increase")
@@ -343,24 +412,24 @@ class RankAllocator:
         updated = masked = False
         final_start = self.total_steps - self.tfinal
         if step < final_start:
-            updated = self.update_importance()
+            updated = self.update_importance(grads)
             self.budget = self.budget_at(step)
-            if phase == "reduce" and step % self.delta_t == 0 and self._stats.sensitivity:
+            if phase == "reduce" and step % self.delta_t == 0 and self._sensitivity:
                 self.mask_to_budget(self.budget)
                 masked = True
         elif step == final_start or (not self.final_done and step > final_start):
             # the final allocation; also taken late when a run starts past T - t_f
             self.budget = self.target_budget
-            if self._stats.sensitivity:
+            if self._sensitivity:
                 self.mask_to_budget(self.budget)
                 masked = True
             self.final_done = True
-            self._stats = _Stats()  # no longer needed: free the memory (PEFT does the same)
+            self._sensitivity, self._uncertainty = [], []  # no longer needed: free the memory (PEFT does the same)
         else:
             self.budget = self.target_budget
             self.apply_masks()
         self.last_step = step
-        return AllocationReport(step, phase, self.budget, updated, masked, self.active_rank())
+        return AllocationReport(step, phase, self.budget, updated, masked, self)
 
     # ------------------------------------------------------------------ reporting
 
@@ -379,8 +448,8 @@ class RankAllocator:
     def state_dict(self) -> dict[str, Any]:
         """Importance statistics and schedule position (the masks live in the layers' buffers)."""
         return {
-            "sensitivity": {k: v.detach().clone() for k, v in self._stats.sensitivity.items()},
-            "uncertainty": {k: v.detach().clone() for k, v in self._stats.uncertainty.items()},
+            "sensitivity": {k: v.detach().clone() for k, v in zip(self.keys, self._sensitivity, strict=False)},
+            "uncertainty": {k: v.detach().clone() for k, v in zip(self.keys, self._uncertainty, strict=False)},
             "total_steps": self.total_steps,
             "last_step": self.last_step,
             "budget": self.budget,
@@ -401,10 +470,11 @@ class RankAllocator:
             for name in self.names
             for local, param in self.layers[name].adapter_parameters().items()
         }
-        self._stats = _Stats(
-            {k: v.to(device[k]) for k, v in state["sensitivity"].items()},
-            {k: v.to(device[k]) for k, v in state["uncertainty"].items()},
-        )
+        sensitivity, uncertainty = state["sensitivity"], state["uncertainty"]
+        if sensitivity and (set(sensitivity) != set(self.keys) or set(uncertainty) != set(self.keys)):
+            raise ValueError("AdaLoRA allocator state holds statistics for other tensors than this model's adapters")
+        self._sensitivity = [sensitivity[k].to(device[k]) for k in self.keys] if sensitivity else []
+        self._uncertainty = [uncertainty[k].to(device[k]) for k in self.keys] if uncertainty else []
         self.total_steps = state["total_steps"]
         self.last_step = int(state["last_step"])
         self.budget = int(state["budget"])

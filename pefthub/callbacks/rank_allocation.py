@@ -15,17 +15,19 @@ How that maps onto Lightning's automatic optimisation:
   allocator acts only when ``trainer.global_step`` has advanced since the last call (an
   optimiser step happened), and then t = ``trainer.global_step − 1`` (0-based index of
   the step just taken, 0 .. T − 1).
-- when any adapter gradient is not finite (e.g. an fp16 overflow step) the importance
-  update is skipped (counted in ``budget/importance_skipped``); the schedule still advances.
+- under fp16 mixed precision (a loss scaler: the one setting where training goes on after a
+  non-finite gradient) an importance update whose gradients are not all finite is skipped
+  (counted in ``budget/importance_skipped``); the schedule still advances. That check reads a
+  flag back from the device, so it is off otherwise: the allocator's step has no host sync.
 - T = ``trainer.estimated_stepping_batches``, read at ``on_fit_start``.
 
 State (``state_dict``): the allocator's importance EMAs and schedule position and the last
 global step acted on; the masks themselves are buffers of the adapter layers, saved with
 the module. A run resumed from a checkpoint therefore continues exactly where it stopped.
 
-Logged every optimiser step: ``budget/rank_budget`` (b(t)), ``budget/active_rank`` (kept
-triplets over all layers), ``budget/active_adapter_params`` and, with ``log_ranks``,
-``rank/<layer>``. The regulariser is logged by the module as ``train/regularization``.
+Logged on logging steps (``trainer.log_every_n_steps``; reading the ranks back is a host sync):
+``budget/rank_budget`` (b(t)), ``budget/active_rank`` (kept triplets over all layers),
+``budget/active_adapter_params`` and, with ``log_ranks``, ``rank/<layer>``. The regulariser is logged by the module as ``train/regularization``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class AdaLoRARankAllocation(Callback):
             self.last_global_step = int(self._restored["last_global_step"])
             self._restored = None
         allocator.set_total_steps(int(total))
+        allocator.check_finite = getattr(trainer.precision_plugin, "scaler", None) is not None
         self._allocator = allocator
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -72,6 +75,8 @@ class AdaLoRARankAllocation(Callback):
             return  # an accumulation micro-batch: no optimiser step happened
         self.last_global_step = step
         report = pl_module.allocator.step(step - 1)
+        if step % max(1, trainer.log_every_n_steps) != 0 and step != trainer.estimated_stepping_batches:
+            return
         figures = {
             "budget/rank_budget": float(report.budget),
             "budget/active_rank": float(report.active_rank),
