@@ -147,6 +147,8 @@ class Variant:
                 if extra is not None:
                     loss = loss + extra.float()
             loss.backward()
+            if isinstance(self.module, PEFTModule):
+                self.module.apply_penalty_gradients()  # what on_after_backward does in a Lightning run
         self.optimizer.step()
         if self.after_step is not None:
             with counting:
@@ -185,6 +187,7 @@ def build_variants(names: list[str], backbone: str, total_steps: int, glora_batc
         elif name == "pefthub_adalora":
             module = AdaLoRAModule(backbone=backbone, **ADALORA).to(device)
             module.allocator.set_total_steps(total_steps)
+            module.allocator.check_finite = False  # as in a Lightning run without a loss scaler (fp32, bf16)
             variant = Variant(name, module, after_step=module.allocator.step)
         elif name == "hf_peft_adalora":
             module = HeadOnly(backbone=backbone)

@@ -177,8 +177,9 @@ def test_allocator_runs_after_the_step_with_the_steps_gradients(tmp_path):
     replay.train()
     optimizer = torch.optim.AdamW(replay.trainable_parameters(), lr=0.02)
     for t, batch in enumerate(spy.batches):
-        loss = F.cross_entropy(replay._logits(batch), batch["labels"]) + replay.regularization()
+        loss = F.cross_entropy(replay._logits(batch), batch["labels"])
         loss.backward()
+        replay.apply_penalty_gradients()
         optimizer.step()
         replay.allocator.step(t)
         optimizer.zero_grad()
@@ -384,3 +385,22 @@ def test_cli_fit_on_the_tiny_config_logs_ranks_and_saves_the_final_rank_pattern(
         assert tag in scalars, f"{tag} not logged"
     budgets = [e.value for e in EventAccumulator(str(run_dir)).Reload().Scalars("budget/rank_budget")]
     assert budgets[0] == 48 and budgets[-1] == 24 and len(budgets) == 8
+
+
+@pytest.mark.parametrize("form", ["mean_norm", "sum_squared"])
+def test_closed_form_penalty_gradient_equals_autograd_of_the_penalty(form):
+    """Training adds γ ∂R/∂(P, Q) in closed form after backward; it must be autograd's gradient
+    of the differentiable penalty (float64, so only rounding can differ)."""
+    module = AdaLoRAModule(backbone="tiny-bert", init_rank=4, target_rank=2, orth_reg_form=form, orth_reg_weight=0.3).double()
+    value, params, grads = module.penalty_gradients()
+    expected = torch.autograd.grad(module.penalty(), params)
+    torch.testing.assert_close(value, module.penalty().detach(), atol=1e-12, rtol=0)
+    assert len(params) == 2 * len(module.svd_layers)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-9)
+    # and apply_penalty_gradients adds exactly that to existing gradients
+    for param in params:
+        param.grad = torch.ones_like(param)
+    module.apply_penalty_gradients(0.5)
+    for param, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(param.grad, 1 + 0.5 * want, atol=1e-12, rtol=1e-9)

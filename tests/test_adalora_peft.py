@@ -95,7 +95,7 @@ def test_same_gradients_give_the_same_budgets_masks_and_regularizer_as_peft(batc
 
     for t in range(T):
         labels = torch.randint(0, 2, (batch["input_ids"].shape[0],), generator=labels_gen)
-        regularizer = ours.regularization()
+        regularizer = ours.penalty()
         torch.testing.assert_close(regularizer.detach(), _peft_regularizer(reference, batch, labels), atol=1e-6, rtol=0)
         loss = F.cross_entropy(ours(batch["input_ids"], batch["attention_mask"]), labels) + regularizer
         loss.backward()
@@ -155,4 +155,4 @@ def test_regularizer_is_zero_for_orthonormal_P_and_Q(form):
         for layer in ours.svd_layers.values():
             layer.lora_P.copy_(torch.linalg.qr(torch.randn(layer.lora_P.shape)).Q)
             layer.lora_Q.copy_(torch.linalg.qr(torch.randn(layer.lora_Q.shape[::-1])).Q.T)
-    assert ours.regularization().item() == pytest.approx(0.0, abs=1e-5)
+    assert ours.penalty().item() == pytest.approx(0.0, abs=1e-5)

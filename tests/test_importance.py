@@ -152,7 +152,29 @@ def test_penalty_in_the_loss_is_lambda_weighted_sum_of_delta_norms():
     expected = module.penalty_weight * (1 - 1 / n) * sum(
         float((layer.delta_weight().detach().double() ** 2).sum()) for layer in layers.values()
     )
-    assert float(module.regularization()) == pytest.approx(expected, rel=1e-5)
+    assert float(module.penalty()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_closed_form_penalty_gradient_equals_autograd_of_the_penalty():
+    """Training adds the penalty's gradient in closed form after backward (no autograd graph);
+    it must be autograd's gradient of the differentiable penalty (float64: rounding only)."""
+    module = _module(5).double()
+    layers = module.importance_layers()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator, dtype=torch.float64))
+    module.importance_estimator.attach(layers)
+    module.importance_estimator.running = torch.rand(len(layers), generator=generator, dtype=torch.float64)
+    module.importance_estimator.steps = 1
+    module.importance_estimator.freeze()
+    module.on_importance_frozen()
+    value, params, grads = module.penalty_gradients()
+    torch.testing.assert_close(value, module.penalty().detach(), rtol=1e-7, atol=0)  # w_m held in float32
+    expected = torch.autograd.grad(module.penalty(), params)
+    assert len(params) == 2 * len(layers)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------- rank allocation

@@ -146,6 +146,51 @@ def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear],
     return norms.mean() if form == "mean_norm" else norms.sum()
 
 
+@torch.no_grad()
+def orthogonal_regularization_gradients(
+    layers: Mapping[str, SVDLinear] | list[SVDLinear], form: str = "mean_norm"
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """R(P, Q) and its gradient, in closed form: ``(R, [params], [∂R/∂param])``.
+
+    With D = QQᵀ − I (symmetric) and K the number of matrices:
+
+    - ``mean_norm``:   ∂R/∂Q = 2 D Q / (K ‖D‖_F),   ∂R/∂P = 2 P D / (K ‖D‖_F)   (D = PᵀP − I)
+    - ``sum_squared``: ∂R/∂Q = 4 D Q,               ∂R/∂P = 4 P D
+
+    Same value as :func:`orthogonal_regularization` and, to rounding, the same gradient as
+    autograd gives for it; computed per shape with batched products and no autograd graph, so
+    it adds no backward ops and no second gradient path into P and Q (a GPU step is
+    launch-bound). A zero ‖D‖ gives a zero gradient, as autograd's norm does.
+    """
+    if form not in ORTH_REG_FORMS:
+        raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {form!r}")
+    modules = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
+    if not modules:
+        raise ValueError("orthogonal_regularization needs at least one SVDLinear layer")
+    groups: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
+    for layer in modules:
+        groups.setdefault(("Q", tuple(layer.lora_Q.shape)), []).append(layer.lora_Q)
+        groups.setdefault(("P", tuple(layer.lora_P.shape)), []).append(layer.lora_P)
+    count = 2 * len(modules)
+    values, params, grads = [], [], []
+    for (kind, _), matrices in groups.items():
+        stacked = torch.stack(matrices)
+        cov = torch.bmm(stacked, stacked.transpose(1, 2)) if kind == "Q" else torch.bmm(stacked.transpose(1, 2), stacked)
+        deviation = cov - torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        if form == "mean_norm":
+            norms = torch.linalg.matrix_norm(deviation)
+            values.append(norms)
+            deviation.mul_((2.0 / count) / norms.clamp_min(torch.finfo(norms.dtype).tiny).view(-1, 1, 1))
+        else:
+            values.append(deviation.pow(2).sum((1, 2)))
+            deviation.mul_(4.0)
+        grad = torch.bmm(deviation, stacked) if kind == "Q" else torch.bmm(stacked, deviation)
+        params.extend(matrices)
+        grads.extend(grad.unbind(0))
+    value = torch.cat(values) if len(values) > 1 else values[0]
+    return (value.mean() if form == "mean_norm" else value.sum()), params, grads
+
+
 # --------------------------------------------------------------------------- rank allocation
 
 

@@ -3,7 +3,8 @@
 The module owns the SVD-shaped adapters and the :class:`~pefthub.adapters.adalora.RankAllocator`
 ("what"); :class:`~pefthub.callbacks.rank_allocation.AdaLoRARankAllocation` (returned by
 :meth:`AdaLoRAModule.configure_callbacks`) decides "when". The orthogonality penalty is added
-by this module's own loss through :meth:`regularization` — unlike HF PEFT, where
+by this module itself, its gradient in closed form after each backward
+(:meth:`AdaLoRAModule.penalty_gradients`) — unlike HF PEFT, where
 ``AdaLoraModel.forward`` adds it only if the wrapped HF model returns ``.loss``, so a model
 whose loss is computed outside (a custom head, as here) silently trains without it.
 
@@ -30,6 +31,7 @@ from pefthub.adapters.adalora import (
     SVDLinear,
     export_as_lora,
     orthogonal_regularization,
+    orthogonal_regularization_gradients,
 )
 from pefthub.adapters.inject import AdapterSite, find_targets, inject_adapters
 from pefthub.adapters.io import save_adapter
@@ -130,11 +132,20 @@ class AdaLoRAModule(PEFTModule):
         self.svd_layers = {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
         self.allocator = RankAllocator(self.svd_layers, target_rank=self.target_rank, **self.schedule)
 
-    def regularization(self) -> torch.Tensor | None:
-        """γ · R(P, Q) (see :func:`~pefthub.adapters.adalora.orthogonal_regularization`)."""
+    def penalty(self) -> torch.Tensor | None:
+        """γ · R(P, Q), differentiable (see :func:`~pefthub.adapters.adalora.orthogonal_regularization`).
+        Training adds its gradient in closed form instead (:meth:`penalty_gradients`)."""
         if self.orth_reg_weight == 0:
             return None
         return self.orth_reg_weight * orthogonal_regularization(self.svd_layers, self.orth_reg_form)
+
+    def penalty_gradients(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
+        """γ · R(P, Q) and its gradient in closed form (:func:`~pefthub.adapters.adalora.orthogonal_regularization_gradients`)."""
+        if self.orth_reg_weight == 0:
+            return None
+        value, params, grads = orthogonal_regularization_gradients(self.svd_layers, self.orth_reg_form)
+        torch._foreach_mul_(grads, self.orth_reg_weight)
+        return self.orth_reg_weight * value, params, grads
 
     def configure_callbacks(self) -> list:
         # The adapter is written from the *final* weights: a checkpoint taken before step

@@ -38,6 +38,7 @@ from pefthub.importance import (
     lora_delta_sq_norm,
     normalize,
     penalty_weights,
+    weighted_delta_sq_norm_gradients,
 )
 from pefthub.methods.lora import LoRAModule
 
@@ -93,6 +94,8 @@ class ImportanceLoRAModule(LoRAModule):
         self.penalty_weight = penalty_weight
         self.penalty_exponent = penalty_exponent
         self._weights: torch.Tensor | None = None
+        self._weight_list: list[float] = []
+        self._penalty_cache: dict = {}  # weighted_delta_sq_norm_gradients' device-side factors
         super().__init__(**kwargs)
 
     def configure_callbacks(self) -> list:
@@ -108,7 +111,8 @@ class ImportanceLoRAModule(LoRAModule):
 
     def on_importance_frozen(self) -> None:
         weights = penalty_weights(self.importances(), self.penalty_exponent)
-        self._weights = torch.tensor([weights[site.name] for site in self.sites], dtype=torch.float32)
+        self._weight_list = [weights[site.name] for site in self.sites]
+        self._weights = torch.tensor(self._weight_list, dtype=torch.float32)
 
     def importance_summary(self) -> dict[str, dict[str, float]]:
         values, importance = self.importance_estimator.values(), self.importances()
@@ -125,17 +129,25 @@ class ImportanceLoRAModule(LoRAModule):
         layers = self.importance_layers().values()
         return torch.stack([lora_delta_sq_norm(layer.lora_A, layer.lora_B, layer.scaling) for layer in layers])
 
-    def regularization(self) -> torch.Tensor | None:
-        logging_step = self._trainer is not None and self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0
+    def penalty(self) -> torch.Tensor | None:
+        """λ Σ_m w_m ‖ΔW_m‖²_F, differentiable (``None`` during the warm-up). Training adds its
+        gradient in closed form instead (:meth:`penalty_gradients`)."""
         if self._weights is None:
-            if logging_step:
-                with torch.no_grad():
-                    self._log_delta_norms(self.delta_sq_norms())
             return None
         sq_norms = self.delta_sq_norms()
-        if logging_step:
-            self._log_delta_norms(sq_norms.detach())
         return self.penalty_weight * (self._weights.to(sq_norms) * sq_norms).sum()
+
+    def penalty_gradients(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
+        """The penalty and its gradient in closed form
+        (:func:`~pefthub.importance.weighted_delta_sq_norm_gradients`); ``None`` during the
+        warm-up. On logging steps the ‖ΔW_m‖_F are logged too (a host sync)."""
+        if self._trainer is not None and self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            with torch.no_grad():
+                self._log_delta_norms(self.delta_sq_norms())
+        if self._weights is None:
+            return None
+        coefficients = [self.penalty_weight * float(w) for w in self._weight_list]
+        return weighted_delta_sq_norm_gradients(list(self.importance_layers().values()), coefficients, self._penalty_cache)
 
     def _log_delta_norms(self, sq_norms: torch.Tensor) -> None:
         norms = sq_norms.clamp(min=0).sqrt().tolist()
