@@ -25,11 +25,12 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from pefthub.callbacks.adapter_export import full_parameters
 from pefthub.checkpoint_io import is_deepspeed_checkpoint
 from pefthub.data.base import TaskDataModule
 from pefthub.deepspeed_support import check_method_supported
 from pefthub.methods.base import NonFiniteLossError, PEFTModule
-from pefthub.strategies import is_deepspeed
+from pefthub.strategies import is_deepspeed, zero_stage
 from pefthub.strategies import register as _register_strategies
 
 _register_strategies()  # `--trainer.strategy deepspeed_cpu` and friends
@@ -91,17 +92,30 @@ class PEFTHubCLI(LightningCLI):
         """test/validate/predict need only weights: a checkpoint written under another strategy
         (DeepSpeed directory vs file) is read here into the model, and Lightning gets none."""
         path = self.config_init[subcommand].get("ckpt_path")
-        if not path or not Path(path).exists() or is_deepspeed_checkpoint(path) == is_deepspeed(self.trainer):
-            return
-        self.model.load_trainable_from_checkpoint(path)
-        self.config_init[subcommand]["ckpt_path"] = None
-        print(f"pefthub: loaded the weights of {path} (written under another strategy; weights only)", file=sys.stderr)
+        if path and Path(path).exists() and _load_weights_here(path, self.trainer):
+            self.model.load_trainable_from_checkpoint(path)
+            self.config_init[subcommand]["ckpt_path"] = None
+            print(f"pefthub: loaded the weights of {path} (weights only)", file=sys.stderr)
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
             return
         best = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+        if best and _load_weights_here(best, self.trainer):
+            with full_parameters(self.model):  # a collective under ZeRO-3: every rank runs after_fit
+                self.model.load_trainable_from_checkpoint(best)
+            best = ""
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
+
+
+def _load_weights_here(path: str | Path, trainer) -> bool:
+    """Whether test/validate/predict must read ``path``'s weights through pefthub instead of
+    Lightning: a checkpoint of the other layout (DeepSpeed directory vs file), or any DeepSpeed
+    checkpoint under ZeRO-3, whose inference engine (deepspeed 0.19.8) cannot load one
+    (``'DeepSpeedZeRoOffload' object has no attribute '_restore_from_bit16_weights'``)."""
+    if is_deepspeed_checkpoint(path) != is_deepspeed(trainer):
+        return True
+    return is_deepspeed_checkpoint(path) and zero_stage(trainer.strategy) == 3
 
 
 def resolve_last_checkpoint(trainer_config) -> str | None:
