@@ -13,7 +13,9 @@ Variants (same backbone, batch, sequence length, task head, AdamW, train mode):
                        is added to the loss here the way ``AdaLoraModel.forward`` adds it (it
                        does so only for models that return ``.loss``), and
                        ``update_and_allocate`` runs after each optimiser step;
-- ``fw_lora``          FW-LoRA after its warm-up (the Fisher-weighted penalty in the loss);
+- ``fw_lora``          FW-LoRA after its warm-up (the Fisher-weighted penalty, its gradient in
+                       closed form);
+- ``iw_lora``          IW-LoRA after its calibration (gradient-norm importances, the same penalty);
 - ``glora``            GLoRA after its reallocation (rank pattern from a short real warm-up);
 - ``unihyperlora``     UniHyperLoRA (default sizes; budget loss in the loss);
 - ``full_finetune``    every backbone weight trained.
@@ -72,11 +74,11 @@ from pefthub.methods import (  # noqa: E402
     UniHyperLoRAModule,
 )
 from pefthub.methods.base import PEFTModule  # noqa: E402
-from pefthub.opcount import OpCounter  # noqa: E402
+from pefthub.opcount import OpCount, OpCounter  # noqa: E402
 
 VARIANTS = (
     "floor", "pefthub_lora", "hf_peft_lora", "pefthub_adalora", "hf_peft_adalora",
-    "fw_lora", "glora", "unihyperlora", "full_finetune",
+    "fw_lora", "iw_lora", "glora", "unihyperlora", "full_finetune",
 )
 HF_REFERENCE = {"pefthub_lora": "hf_peft_lora", "pefthub_adalora": "hf_peft_adalora"}
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "fast_cpu_dropout": True}
@@ -164,8 +166,11 @@ class Variant:
 
 
 def build_variants(names: list[str], backbone: str, total_steps: int, glora_batches: list[dict], autocast,
-                   device: torch.device) -> list[Variant]:
-    """The selected variants, on ``device``, in the order of :data:`VARIANTS`."""
+                   device: torch.device, lora: dict | None = None, adalora: dict | None = None) -> list[Variant]:
+    """The selected variants, on ``device``, in the order of :data:`VARIANTS`; ``lora`` and
+    ``adalora`` override :data:`LORA` / :data:`ADALORA` (e.g. the adapter dropout)."""
+    lora_kw = {**LORA, **(lora or {})}
+    adalora_kw = {**ADALORA, **(adalora or {})}
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
     variants = []
@@ -177,44 +182,51 @@ def build_variants(names: list[str], backbone: str, total_steps: int, glora_batc
             module.backbone.requires_grad_(True)
             variant = Variant(name, module.to(device), lr=2e-5)
         elif name == "pefthub_lora":
-            variant = Variant(name, LoRAModule(backbone=backbone, **LORA).to(device))
+            variant = Variant(name, LoRAModule(backbone=backbone, **lora_kw).to(device))
         elif name == "hf_peft_lora":
             module = HeadOnly(backbone=backbone)
             targets = list(default_targets(module.family))
-            config = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"], target_modules=targets)
+            config = LoraConfig(r=lora_kw["rank"], lora_alpha=lora_kw["alpha"], lora_dropout=lora_kw["dropout"], target_modules=targets)
             module.backbone = get_peft_model(module.backbone, config)
             variant = Variant(name, module.to(device))
         elif name == "pefthub_adalora":
-            module = AdaLoRAModule(backbone=backbone, **ADALORA).to(device)
+            module = AdaLoRAModule(backbone=backbone, **adalora_kw).to(device)
             module.allocator.set_total_steps(total_steps)
             module.allocator.check_finite = False  # as in a Lightning run without a loss scaler (fp32, bf16)
             variant = Variant(name, module, after_step=module.allocator.step)
         elif name == "hf_peft_adalora":
             module = HeadOnly(backbone=backbone)
             targets = list(default_targets(module.family))
-            tinit, tfinal = int(ADALORA["tinit"] * total_steps), max(1, int(ADALORA["tfinal"] * total_steps))
+            tinit, tfinal = int(adalora_kw["tinit"] * total_steps), max(1, int(adalora_kw["tfinal"] * total_steps))
             config = AdaLoraConfig(
-                init_r=ADALORA["init_rank"], target_r=ADALORA["target_rank"], lora_alpha=ADALORA["alpha"],
-                lora_dropout=ADALORA["dropout"], target_modules=targets, tinit=tinit, tfinal=tfinal,
-                deltaT=ADALORA["delta_t"], beta1=ADALORA["beta1"], beta2=ADALORA["beta2"],
-                orth_reg_weight=ADALORA["orth_reg_weight"], total_step=total_steps,
+                init_r=adalora_kw["init_rank"], target_r=adalora_kw["target_rank"], lora_alpha=adalora_kw["alpha"],
+                lora_dropout=adalora_kw["dropout"], target_modules=targets, tinit=tinit, tfinal=tfinal,
+                deltaT=adalora_kw["delta_t"], beta1=adalora_kw["beta1"], beta2=adalora_kw["beta2"],
+                orth_reg_weight=adalora_kw["orth_reg_weight"], total_step=total_steps,
             )
             peft_model = get_peft_model(module.backbone, config)
             module.backbone = peft_model
             module.to(device)
             variant = Variant(
                 name, module,
-                extra_loss=lambda m=peft_model: hf_adalora_orth_penalty(m, ADALORA["orth_reg_weight"]),
+                extra_loss=lambda m=peft_model: hf_adalora_orth_penalty(m, adalora_kw["orth_reg_weight"]),
                 after_step=lambda step, m=peft_model: m.base_model.update_and_allocate(step),
             )
         elif name == "fw_lora":
-            module = ImportanceLoRAModule(backbone=backbone, **LORA, importance_source="fisher", penalty_weight=1e-3).to(device)
+            module = ImportanceLoRAModule(backbone=backbone, **lora_kw, importance_source="fisher", penalty_weight=1e-3).to(device)
             module.importance_estimator.attach(module.importance_layers())
             module.importance_estimator.freeze()  # the penalty's cost does not depend on the values
             module.on_importance_frozen()
             variant = Variant(name, module)
+        elif name == "iw_lora":
+            module = ImportanceLoRAModule(backbone=backbone, **lora_kw, importance_source="grad_norm", ema_beta=None,
+                                          penalty_weight=1e-3, penalty_exponent=2.0).to(device)
+            module.importance_estimator.attach(module.importance_layers())
+            module.importance_estimator.freeze()
+            module.on_importance_frozen()
+            variant = Variant(name, module)
         elif name == "glora":
-            module = GLoRAModule(backbone=backbone, **LORA, warmup_steps=len(glora_batches)).to(device)
+            module = GLoRAModule(backbone=backbone, **lora_kw, warmup_steps=len(glora_batches)).to(device)
             module.importance_estimator.attach(module.importance_layers())
             warm = Variant("glora_warmup", module,
                            after_step=lambda step, m=module: m.importance_estimator.observe_step())
@@ -277,6 +289,16 @@ def peak_step_bytes(variant: Variant, batch, autocast, device: torch.device) -> 
     return float(max(peak[0], _rss_bytes()) - before)
 
 
+# ---------------------------------------------------------------------- op counts
+
+
+def count_step(variant: Variant, batch: dict, autocast: contextlib.AbstractContextManager) -> OpCount:
+    """Aten ops and host syncs of one training step of ``variant`` (see :meth:`Variant.step`)."""
+    counter = OpCounter()
+    variant.step(batch, autocast, counter)
+    return counter.result
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -336,6 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--adapter-dropout", type=float, default=0.05,
                         help="dropout on the adapter input of the LoRA/AdaLoRA-family variants (pefthub and HF PEFT alike)")
+    parser.add_argument("--native-dropout", action="store_true",
+                        help="CPU: use torch's dropout kernel for the adapters (model.fast_cpu_dropout: false), as GPUs do")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast to bfloat16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
@@ -348,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
-    LORA["dropout"] = ADALORA["dropout"] = args.adapter_dropout
+    overrides = {"dropout": args.adapter_dropout, "fast_cpu_dropout": not args.native_dropout}
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -362,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
     glora_batches = [make_batch(probe.backbone, args.batch_size, args.seq_len, 10_000 + i, device) for i in range(args.glora_warmup)]
     del probe
     # +1: the memory step runs after the timed rounds and is a step of each schedule too
-    variants = build_variants(names, args.backbone, rounds + 1, glora_batches, autocast_factory(), device)
+    variants = build_variants(names, args.backbone, rounds + 2, glora_batches, autocast_factory(), device,
+                              lora=overrides, adalora=overrides)
 
     def synchronize() -> None:
         if device.type == "cuda":
@@ -380,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = {}
     for variant in variants:
         peaks[variant.name] = float("nan") if args.no_memory else peak_step_bytes(variant, batches[rounds], autocast_factory(), device)
+    counts = {v.name: count_step(v, batches[rounds], autocast_factory()) for v in variants}
 
     medians = {v.name: statistics.median(v.times) for v in variants}
     by_name = {v.name: v for v in variants}
@@ -401,6 +427,10 @@ def main(argv: list[str] | None = None) -> dict:
             "trainable_params": sum(p.numel() for p in variant.params),
             "state_mb": variant.state_bytes() / 2**20,
             "peak_step_mb": peaks[variant.name] / 2**20,
+            "aten_ops": counts[variant.name].total,
+            "host_syncs": counts[variant.name].host_syncs,
+            "ops_ratio_to_pefthub_lora": (counts[variant.name].total / counts["pefthub_lora"].total
+                                          if "pefthub_lora" in counts else float("nan")),
             **info,
         }
         rows.append(row)
@@ -420,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "csv": str(out.with_suffix(".csv")),
         "median_step_ms": {k: round(v * 1e3, 2) for k, v in medians.items()},
+        "aten_ops": {k: c.total for k, c in counts.items()},
+        "host_syncs": {k: c.host_syncs for k, c in counts.items()},
         "pefthub_lora_over_hf_peft_lora": ratio("pefthub_lora", "hf_peft_lora"),
         "pefthub_lora_over_floor": ratio("pefthub_lora", "floor"),
         "pefthub_adalora_over_pefthub_lora": ratio("pefthub_adalora", "pefthub_lora"),
