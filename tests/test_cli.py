@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# experiment grids (configs/experiments/) are not fit configs: tests/test_grid.py parses them
+# experiment grids (configs/experiments/) are not fit configs: tests/test_grid.py parses them;
+# trainer fragments (configs/trainer/) are parsed on top of a tiny fit config below
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "trainer" not in p.parts and "experiments" not in p.parts)
+TRAINER_FRAGMENTS = sorted((REPO / "configs" / "trainer").glob("*.yaml"))
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -58,6 +60,31 @@ def test_every_shipped_config_parses_with_a_tiny_backbone(config, tmp_path):
     result = _run(["fit", "-c", str(config), "--model.backbone", "tiny-bert", "--print_config"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backbone: tiny-bert" in result.stdout
+
+
+@pytest.mark.parametrize("fragment", TRAINER_FRAGMENTS, ids=lambda p: p.name)
+def test_every_trainer_fragment_parses_on_top_of_a_fit_config(fragment, tmp_path):
+    import yaml
+
+    result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "-c", str(fragment), "--print_config"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = yaml.safe_load(result.stdout)["trainer"]
+    for key, value in yaml.safe_load(fragment.read_text())["trainer"].items():
+        if isinstance(value, dict):  # class_path + init_args: printed with every default filled in
+            assert resolved[key]["class_path"] == value["class_path"]
+            assert value.get("init_args", {}).items() <= resolved[key]["init_args"].items(), f"trainer.{key}"
+        elif key != "callbacks":  # a list of classes, expanded the same way
+            assert resolved[key] == value, f"trainer.{key}: {resolved[key]!r} != {value!r} from {fragment.name}"
+
+
+def test_deepspeed_strategy_names_are_registered():
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    import pefthub.cli  # noqa: F401  (registers them)
+
+    for name, stage in (("deepspeed_cpu", 2), ("deepspeed_cpu_stage_1", 1), ("deepspeed_cpu_stage_2", 2), ("deepspeed_cpu_stage_3", 3)):
+        assert StrategyRegistry[name]["strategy"].__name__ == "DeepSpeedCPUStrategy"
+        assert StrategyRegistry[name]["init_params"] == {"stage": stage}
 
 
 def test_unknown_flag_suggests_the_closest_key(tmp_path):
