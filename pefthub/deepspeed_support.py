@@ -31,6 +31,20 @@ GRADIENT_READERS: dict[str, str] = {
 }
 
 
+# ZeRO-3 also partitions the parameters: outside a module's own forward a parameter is an
+# empty shard. method_name -> why that breaks it.
+PARAMETER_READERS_ZERO3: dict[str, str] = {
+    "unihyperlora": (
+        "UniHyperLoRA's BudgetCheck quantises and measures the adapter from the parameters at fit start, "
+        "but ZeRO-3 partitions them (each rank holds an empty shard outside forward)"
+    ),
+    "satlora": (
+        "SAT-LoRA's BudgetCheck quantises and measures the adapter from the parameters at fit start, "
+        "but ZeRO-3 partitions them (each rank holds an empty shard outside forward)"
+    ),
+}
+
+
 def check_method_supported(module: Any, strategy: Any) -> None:
     """Raise ``ValueError`` (one line) when ``module``'s method cannot train under ``strategy``.
 
@@ -44,8 +58,16 @@ def check_method_supported(module: Any, strategy: Any) -> None:
         return
     method = getattr(type(module), "method_name", type(module).__name__)
     reason = GRADIENT_READERS.get(method)
+    if reason is None and stage == 3:
+        reason = PARAMETER_READERS_ZERO3.get(method)
+        budgets = [key for key in ("max_adapter_bytes", "max_flop_overhead") if getattr(module, key, None) is not None]
+        if reason is None and budgets:
+            reason = (
+                f"model.{budgets[0]} is set, and BudgetCheck measures the adapter from the parameters at fit start, "
+                "which ZeRO-3 partitions (each rank holds an empty shard outside forward); unset it or use ZeRO-2"
+            )
     if reason is not None:
         raise ValueError(
             f"method {method!r} ({type(module).__name__}) cannot train under DeepSpeed (ZeRO stage {stage}): {reason}; "
-            "use trainer.strategy ddp instead"
+            f"use trainer.strategy ddp{' or ZeRO-2' if method not in GRADIENT_READERS else ''} instead"
         )

@@ -212,6 +212,18 @@ def test_gradient_reading_methods_are_refused_at_every_zero_stage(module_class, 
     check_method_supported(module, "ddp")  # other strategies: nothing to refuse
 
 
+@pytest.mark.parametrize("module_class, method", [("UniHyperLoRAModule", "unihyperlora"), ("SATLoRAModule", "satlora")])
+def test_parameter_reading_methods_are_refused_under_zero3_only(module_class, method):
+    import pefthub.methods as methods
+    from pefthub.deepspeed_support import check_method_supported
+    from pefthub.strategies import DeepSpeedCPUStrategy
+
+    module = object.__new__(getattr(methods, module_class))
+    with pytest.raises(ValueError, match=rf"^method '{method}' \({module_class}\) cannot train under DeepSpeed \(ZeRO stage 3\): .*BudgetCheck"):
+        check_method_supported(module, DeepSpeedCPUStrategy(stage=3))
+    check_method_supported(module, DeepSpeedCPUStrategy(stage=2))  # measured equal to DDP under ZeRO-2
+
+
 def test_deepspeed_cpu_refuses_a_gpu_accelerator_in_one_line():
     from lightning.pytorch.accelerators import CUDAAccelerator
 
