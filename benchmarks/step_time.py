@@ -166,9 +166,11 @@ class Variant:
 
 
 def build_variants(names: list[str], backbone: str, total_steps: int, glora_batches: list[dict], autocast,
-                   device: torch.device, lora: dict | None = None, adalora: dict | None = None) -> list[Variant]:
+                   device: torch.device, lora: dict | None = None, adalora: dict | None = None,
+                   unihyper: dict | None = None) -> list[Variant]:
     """The selected variants, on ``device``, in the order of :data:`VARIANTS`; ``lora`` and
-    ``adalora`` override :data:`LORA` / :data:`ADALORA` (e.g. the adapter dropout)."""
+    ``adalora`` override :data:`LORA` / :data:`ADALORA` (e.g. the adapter dropout), ``unihyper``
+    adds UniHyperLoRA arguments (e.g. ``update_impl``)."""
     lora_kw = {**LORA, **(lora or {})}
     adalora_kw = {**ADALORA, **(adalora or {})}
     from peft import AdaLoraConfig, LoraConfig, get_peft_model
@@ -236,7 +238,8 @@ def build_variants(names: list[str], backbone: str, total_steps: int, glora_batc
             module.reallocate()
             variant = Variant(name, module)
         elif name == "unihyperlora":
-            variant = Variant(name, UniHyperLoRAModule(backbone=backbone, lambda_delta=1e-3).to(device), lr=1e-3)
+            module = UniHyperLoRAModule(backbone=backbone, lambda_delta=1e-3, **(unihyper or {})).to(device)
+            variant = Variant(name, module, lr=1e-3)
         else:
             raise ValueError(f"unknown variant {name!r}; expected some of {VARIANTS}")
         variant.module.train()
@@ -360,6 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="dropout on the adapter input of the LoRA/AdaLoRA-family variants (pefthub and HF PEFT alike)")
     parser.add_argument("--native-dropout", action="store_true",
                         help="CPU: use torch's dropout kernel for the adapters (model.fast_cpu_dropout: false), as GPUs do")
+    parser.add_argument("--unihyper-impl", default="auto", choices=["auto", "sparse", "dense"],
+                        help="UniHyperLoRA's model.update_impl (auto: dense on CUDA, sparse elsewhere)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast to bfloat16")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
@@ -387,7 +392,7 @@ def main(argv: list[str] | None = None) -> dict:
     del probe
     # +1: the memory step runs after the timed rounds and is a step of each schedule too
     variants = build_variants(names, args.backbone, rounds + 2, glora_batches, autocast_factory(), device,
-                              lora=overrides, adalora=overrides)
+                              lora=overrides, adalora=overrides, unihyper={"update_impl": args.unihyper_impl})
 
     def synchronize() -> None:
         if device.type == "cuda":

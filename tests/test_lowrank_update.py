@@ -73,10 +73,10 @@ def test_dropout_uses_one_mask_and_one_scale_in_forward_and_backward(fast_cpu_dr
 
 
 def test_fast_cpu_dropout_keep_rate_is_unbiased():
-    from pefthub.adapters.lowrank_update import _fast_cpu_dropout_mask
+    from pefthub.adapters.lowrank_update import fast_cpu_dropout_mask
 
     torch.manual_seed(0)
-    mask, inverse_keep = _fast_cpu_dropout_mask(torch.empty(1001, 999), 0.05)  # numel not a multiple of 4
+    mask, inverse_keep = fast_cpu_dropout_mask(torch.empty(1001, 999), 0.05)  # numel not a multiple of 4
     assert mask.shape == (1001, 999) and mask.dtype == torch.bool
     assert abs(mask.float().mean().item() - 0.95) < 1e-3
     assert abs(inverse_keep - 1 / 0.95) < 1e-4

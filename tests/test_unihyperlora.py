@@ -108,7 +108,7 @@ def test_router_activates_at_most_k_atoms_per_token(batch, top_k, threshold):
         assert bool((gates[gates > 0] >= threshold).all())
     # through the host: one routing per block, E[k] recorded over real tokens only
     _logits(module, batch)
-    assert len(module.hyper._stats) == module.backbone.config.num_hidden_layers
+    assert module.hyper.routing_count() == module.backbone.config.num_hidden_layers
     assert 0 < module.hyper.active_atoms() <= top_k
     assert module.hyper.expected_atoms() <= top_k
 
@@ -267,3 +267,27 @@ def test_checkpoint_keeps_every_adapter_tensor_and_nothing_of_the_host():
     module.on_save_checkpoint(checkpoint)
     names = set(checkpoint["state_dict"])
     assert names == {f"hyper.{n}" for n, _ in module.hyper.named_parameters()} | {"head.linear.weight", "head.linear.bias"}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_dense_and_sparse_updates_give_the_same_outputs_and_gradients(batch, dropout):
+    """``update_impl: dense`` (one rank-M product with the gates as a token × atom matrix, the
+    GPU default) computes the same update as the routed top-k gather, and the same gradients.
+    With dropout both paths draw their masks from one seeded generator in the same order."""
+    results = {}
+    for impl in ("sparse", "dense"):
+        module = _module(update_impl=impl, dropout=dropout, head_dropout=0.0).train()
+        for sub in module.backbone.modules():
+            if isinstance(sub, torch.nn.Dropout) and sub.p > 0 and sub not in {m.dropout for _, m in adapter_modules(module.backbone)}:
+                sub.p = 0.0  # the host's own dropout off: only the adapter's masks are drawn
+        torch.manual_seed(1)
+        logits = module(batch["input_ids"], batch["attention_mask"])
+        (logits.square().sum() + module.hyper.expected_atoms()).backward()
+        results[impl] = (logits.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    if dropout:  # different kernels draw different masks: compare only without dropout
+        assert results["dense"][0].shape == results["sparse"][0].shape
+        return
+    torch.testing.assert_close(results["dense"][0], results["sparse"][0], atol=1e-5, rtol=1e-5)
+    assert results["dense"][1].keys() == results["sparse"][1].keys()
+    for name, grad in results["sparse"][1].items():
+        torch.testing.assert_close(results["dense"][1][name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -44,8 +44,14 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from pefthub.adapters.frozen_linear import FrozenLinearWrapper
+from pefthub.adapters.lowrank_update import (
+    cached_transpose,
+    dropout_probability,
+    fast_cpu_dropout_mask,
+)
 
 # Width- and family-agnostic module types the mixer is conditioned on.
 CANONICAL_TYPES: tuple[str, ...] = ("q", "k", "v", "o", "ffn_gate", "ffn_in", "ffn_out")
@@ -165,6 +171,7 @@ class ProjectorGenerator(nn.Module):
 
 
 PROJECTOR_KINDS: tuple[str, ...] = ("generated", "learned")
+UPDATE_IMPLS: tuple[str, ...] = ("auto", "sparse", "dense")
 
 
 @cache
@@ -267,6 +274,12 @@ class SineMixer(nn.Module):
         code[0, 1 + type_index] = 1.0
         return 1.0 + self.outer(torch.sin(self.inner(code)))[0] + self.delta[type_index]
 
+    def table(self, codes: torch.Tensor, type_indices: torch.Tensor) -> torch.Tensor:
+        """``m`` for many sites at once: ``codes`` (n, 1 + T) rows ``[ℓ/L; one-hot(type)]``,
+        ``type_indices`` (n,) → (n, M). One batched evaluation per host forward instead of one
+        per adapted layer (the step is launch-bound on a GPU)."""
+        return 1.0 + self.outer(torch.sin(self.inner(codes))) + self.delta[type_indices]
+
     def macs(self) -> int:
         """Multiply-adds of one call (the two linear layers)."""
         return self.inner.in_features * self.inner.out_features + self.outer.in_features * self.outer.out_features
@@ -316,6 +329,12 @@ class HyperShared(nn.Module):
         task_id: which task embedding the router reads.
         threshold: gates ``σ(logit)`` below it are zeroed (0 keeps all k atoms active).
         scale: s, multiplies the update.
+        update_impl: how a layer computes its update. ``sparse``: gather the k routed atoms'
+            rows per token (k (d_in + d_out) multiply-adds per token; what the FLOP figures
+            count). ``dense``: the same value as a rank-M product with the gates as a sparse
+            (token × atom) matrix — M/k times the multiply-adds but ~20 aten ops per layer
+            instead of ~50, the faster choice where a step is launch-bound (GPUs). ``auto``:
+            dense on CUDA, sparse elsewhere. Tracing (fvcore) always takes the sparse path.
     """
 
     def __init__(
@@ -335,8 +354,12 @@ class HyperShared(nn.Module):
         threshold: float = 0.0,
         scale: float = 1.0,
         projector: str = "generated",
+        update_impl: str = "auto",
     ) -> None:
         super().__init__()
+        if update_impl not in UPDATE_IMPLS:
+            raise ValueError(f"model.update_impl must be one of {UPDATE_IMPLS}, got {update_impl!r}")
+        self.update_impl = update_impl
         if projector not in PROJECTOR_KINDS:
             raise ValueError(f"projector must be one of {PROJECTOR_KINDS}, got {projector!r}")
         if num_atoms < 1 or d0 < 1:
@@ -368,8 +391,11 @@ class HyperShared(nn.Module):
         self._forward_id = 0
         self._routing: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._token_mask: torch.Tensor | None = None
-        self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._gates: list[torch.Tensor] = []  # this forward's gates, one tensor (..., k) per routing
         self._handles: list = []
+        self._sites: list[tuple[int, int]] = []  # (depth, type index) of each HyperLinear, by site index
+        self._site_widths: list[tuple[int, int]] = []  # (d_in, d_out) of each site
+        self._constants: dict = {}  # device-side index/code tensors, built once per device
 
     # ------------------------------------------------------------------ config
 
@@ -444,7 +470,7 @@ class HyperShared(nn.Module):
         self._forward_id += 1
         self._step_cache.clear()
         self._routing.clear()
-        self._stats = []
+        self._gates = []
         mask = kwargs.get("attention_mask")
         self._token_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
@@ -505,13 +531,108 @@ class HyperShared(nn.Module):
         self._eval_cache.clear()
         self._step_cache.clear()
 
+    # ------------------------------------------------------------------ per-site mixer
+
+    def register_site(self, depth: int, type_index: int, d_in: int = 0, d_out: int = 0) -> int:
+        """Record a layer's (block, module type, widths); returns its site index (its mixer row)."""
+        self._sites.append((int(depth), int(type_index)))
+        self._site_widths.append((int(d_in), int(d_out)))
+        self._constants.clear()
+        return len(self._sites) - 1
+
+    def folded_for_site(self, site: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(Ṽ(d_in), Ũ(d_out), Ṽ(d_in)ᵀ, Ũ(d_out)ᵀ)`` for one site, the dense path's operands.
+
+        Every site of one width gets its own view of one expanded copy (``expand`` + ``unbind``:
+        two ops forward, two backward) instead of the same tensor, whose gradient autograd would
+        otherwise sum with one ``add`` per site. The transposes are detached views made once per
+        width and forward (they share memory with the folds and are only read)."""
+        d_in, d_out = self._site_widths[site]
+        return (
+            self._distributed("in", d_in, site), self._distributed("out", d_out, site),
+            self._cached(("Vt", d_in), lambda: self.folded_in(d_in).detach().t()),
+            self._cached(("Ut", d_out), lambda: self.folded_out(d_out).detach().t()),
+        )
+
+    def _distributed(self, side: str, width: int, site: int) -> torch.Tensor:
+        users = [i for i, widths in enumerate(self._site_widths) if widths[0 if side == "in" else 1] == width]
+        fold = self.folded_in if side == "in" else self.folded_out
+
+        def split() -> tuple[torch.Tensor, ...]:
+            folded = fold(width)
+            return folded.expand(len(users), *folded.shape).unbind(0)
+
+        return self._cached((f"{side}*", width), split)[users.index(site)]
+
+    def _constant(self, key: str, device: torch.device, build) -> torch.Tensor:
+        full = (key, self.num_layers, device)
+        if full not in self._constants:
+            with torch.inference_mode(False):  # built once, also used by training after a validation
+                self._constants[full] = build().to(device)
+        return self._constants[full]
+
+    def mixer_table(self) -> torch.Tensor:
+        """``m(ℓ/L, type)`` of every registered site, shape (sites, M), once per forward."""
+        device = self.mixer.delta.device
+
+        def codes() -> torch.Tensor:
+            table = torch.zeros(len(self._sites), 1 + self.mixer.num_types)
+            for row, (depth, type_index) in enumerate(self._sites):
+                table[row, 0] = max(depth, 0) / self.num_layers
+                table[row, 1 + type_index] = 1.0
+            return table
+
+        code_table = self._constant("codes", device, codes).to(self.mixer.delta.dtype)
+        types = self._constant("types", device, lambda: torch.tensor([t for _, t in self._sites], dtype=torch.long))
+        return self._cached(("mix",), lambda: self.mixer.table(code_table, types))
+
+    def mixer_row(self, site: int) -> torch.Tensor:
+        """Row ``site`` of :meth:`mixer_table` (the table is split once per forward: one op, and
+        one op to gather the rows' gradients, instead of one slice and one add per layer)."""
+        return self._cached(("mix_rows",), lambda: self.mixer_table().unbind(0))[site]
+
+    def use_dense(self, x: torch.Tensor) -> bool:
+        if torch.jit.is_tracing() or self.update_impl == "sparse":
+            return False
+        return self.update_impl == "dense" or x.device.type == "cuda"
+
+    def gated_mixer(self, depth: int, site: int, x: torch.Tensor) -> torch.Tensor:
+        """``G ⊙ m_site``, shape (tokens, M): the gates of the block's routing scattered into a
+        token × atom matrix (k non-zeros per row) times the site's mixer row. Computed for every
+        site of the block at once (one scatter, one product) when the block was routed in this
+        forward; for a layer called on its own, from a routing of ``x``."""
+        routed = self._routing.get(depth)
+        if routed is None or routed[0].shape[:-1] != x.shape[:-1] or depth not in self._block_sites():
+            indices, gates = self.routing_for(depth, x)
+            dense = torch.zeros(*gates.shape[:-1], self.num_atoms, dtype=gates.dtype, device=gates.device)
+            return (dense.scatter(-1, indices, gates) * self.mixer_row(site)).reshape(-1, self.num_atoms)
+        sites = self._block_sites()[depth]
+        key = ("gm", depth, self._forward_id)  # input-dependent: never reused across forwards
+        if key not in self._step_cache:
+            self._step_cache[key] = self._block_gated_mixer(depth, routed, sites)
+        return self._step_cache[key][sites.index(site)]
+
+    def _block_sites(self) -> dict[int, list[int]]:
+        blocks: dict[int, list[int]] = {}
+        for site, (depth, _) in enumerate(self._sites):
+            blocks.setdefault(depth, []).append(site)
+        return blocks
+
+    def _block_gated_mixer(self, depth: int, routed: tuple[torch.Tensor, torch.Tensor], sites: list[int]) -> tuple[torch.Tensor, ...]:
+        indices, gates = routed
+        dense = torch.zeros(*gates.shape[:-1], self.num_atoms, dtype=gates.dtype, device=gates.device)
+        dense = dense.scatter(-1, indices, gates).reshape(1, -1, self.num_atoms)
+        rows = self._constant(f"block{depth}", gates.device, lambda: torch.tensor(sites, dtype=torch.long))
+        mixers = self.mixer_table().index_select(0, rows).unsqueeze(1)  # (sites, 1, M)
+        return (dense * mixers.to(dense.dtype)).unbind(0)
+
     # ------------------------------------------------------------------ routing
 
     def router_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``W_r P_in(d) (h / rms(h)) + W_t e_task + b``, shape (..., M)."""
         rms = hidden.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
         logits = F.linear(hidden, self.folded_router(hidden.shape[-1])) / rms
-        return logits + self.router.task_bias(self.task_id)
+        return logits + self._cached(("task_bias",), lambda: self.router.task_bias(self.task_id))
 
     def route(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k atoms per token and their gates: ``(indices (..., k) long, gates (..., k))``."""
@@ -523,15 +644,24 @@ class HyperShared(nn.Module):
         return top.indices, gates
 
     def _record(self, gates: torch.Tensor) -> None:
-        soft = gates.sum(-1)  # Σ_j π_j per token: differentiable E[k]
-        hard = (gates > 0).sum(-1).to(gates.dtype)
+        self._gates.append(gates)  # statistics are computed once per forward, on demand
+
+    def _gate_statistic(self, per_token) -> torch.Tensor | None:
+        """Mean over this forward's routings and real tokens (``attention_mask``) of
+        ``per_token(gates)``; every routing stacked into one tensor (a few ops per forward)."""
+        if not self._gates:
+            return None
+        shapes = {g.shape for g in self._gates}
+        values = per_token(torch.stack(self._gates)) if len(shapes) == 1 else torch.stack([per_token(g).mean() for g in self._gates])
         mask = self._token_mask
-        if mask is not None and mask.shape == soft.shape:
-            weight = mask.to(soft.dtype)
-            denominator = weight.sum().clamp(min=1.0)
-            self._stats.append(((soft * weight).sum() / denominator, (hard * weight).sum() / denominator))
-        else:
-            self._stats.append((soft.mean(), hard.mean()))
+        if len(shapes) == 1 and mask is not None and values.shape[1:] == mask.shape:
+            weight = mask.to(values.dtype)
+            return (values * weight).sum() / (weight.sum().clamp(min=1.0) * values.shape[0])
+        return values.mean()
+
+    def routing_count(self) -> int:
+        """Routings (blocks) in the last forward."""
+        return len(self._gates)
 
     def routing_for(self, depth: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The block-level routing of ``depth`` in this forward (computed from ``x`` if none)."""
@@ -542,15 +672,13 @@ class HyperShared(nn.Module):
 
     def expected_atoms(self) -> torch.Tensor | None:
         """E[k] of the last forward: mean over routed blocks and real tokens of Σ_{j∈S} π_j (differentiable)."""
-        if not self._stats:
-            return None
-        return torch.stack([soft for soft, _ in self._stats]).mean()
+        return self._gate_statistic(lambda gates: gates.sum(-1))
 
-    def active_atoms(self) -> float | None:
-        """Mean number of atoms with a non-zero gate per real token in the last forward."""
-        if not self._stats:
-            return None
-        return float(torch.stack([hard for _, hard in self._stats]).mean())
+    def active_atoms(self) -> torch.Tensor | None:
+        """Mean number of atoms with a non-zero gate per real token in the last forward (a 0-dim
+        tensor, not read back to the host)."""
+        with torch.no_grad():
+            return self._gate_statistic(lambda gates: (gates > 0).sum(-1).to(gates.dtype))
 
     @contextmanager
     def bypassed(self):
@@ -564,22 +692,87 @@ class HyperShared(nn.Module):
     # ------------------------------------------------------------------ accounting
 
     def analytic_macs(self, num_tokens: int, hidden: int, layers: Iterable[tuple[int, int]], num_blocks: int) -> int:
-        """Multiply-adds the adapter adds to one host forward over ``num_tokens`` tokens, with the
-        per-width folds cached (inference): per token, the router's ``M·d`` per routed block and
-        ``k (d_in + d_out)`` per adapted layer; per forward, one mixer call per layer and one
-        task-bias product per block. Element-wise work (sigmoid, gates, rms) is not counted,
-        as fvcore does not count it either."""
+        """Multiply-adds the adapter adds to one host forward over ``num_tokens`` tokens in
+        inference: per token, the router's ``M·d`` per routed block and ``k (d_in + d_out)`` per
+        adapted layer. Everything that does not depend on the input — the per-width folds, the
+        mixer table (one row per layer) and the router's task bias — is computed once and cached
+        while the weights do not change, so it costs nothing per forward. Element-wise work
+        (sigmoid, gates, rms) is not counted, as fvcore does not count it either."""
         layers = list(layers)
-        router = self.router
         per_token = num_blocks * self.num_atoms * hidden + sum(self.top_k * (d_in + d_out) for d_in, d_out in layers)
-        per_forward = len(layers) * self.mixer.macs() + num_blocks * router.task_weight.numel()
-        return num_tokens * per_token + per_forward
+        return num_tokens * per_token
 
     def extra_repr(self) -> str:
         return f"M={self.num_atoms}, d0={self.d0}, top_k={self.top_k}, projector={self.projector}"
 
 
 # --------------------------------------------------------------------------- layers
+
+
+class _DenseGatedUpdate(torch.autograd.Function):
+    """``y = W x + b + s · ((x̃ Ṽᵀ) ⊙ Gm) Ũ`` for one layer, Gm = G ⊙ m (tokens × M, k non-zeros
+    per row): the routed update written as one rank-M product, with the backward written out
+    (about 20 aten ops a layer; autograd's composition takes ~50 with the top-k gathers). With
+    g = ∂L/∂y, a = x̃ Ṽᵀ, c = a ⊙ Gm:
+
+        ∂L/∂c = s g Ũᵀ,  ∂L/∂Ũ = s cᵀ g,  ∂L/∂a = ∂L/∂c ⊙ Gm,  ∂L/∂Ṽ = (∂L/∂a)ᵀ x̃,
+        ∂L/∂Gm = ∂L/∂c ⊙ a,  ∂L/∂x = g W + drop'((∂L/∂a) Ṽ)
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, folded_in, folded_out, gated, scale: float, p: float, fast_cpu: bool, transposed):  # noqa: ANN001, ANN205
+        weight_t, folded_in_t, folded_out_t = transposed if transposed is not None else (weight.t(), folded_in.t(), folded_out.t())
+        x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        mask = None
+        inverse_keep = 1.0
+        if p > 0:
+            if fast_cpu and x2.device.type == "cpu":
+                mask, inverse_keep = fast_cpu_dropout_mask(x2, p)
+                xd = x2 * mask
+            else:
+                xd, mask = torch.ops.aten.native_dropout(x2, p, True)
+        else:
+            xd = x2
+        out = torch.addmm(bias, x2, weight_t) if bias is not None else torch.mm(x2, weight_t)
+        responses = torch.mm(xd, folded_in_t)  # a = x̃ Ṽᵀ, (N, M)
+        if inverse_keep != 1.0:
+            responses.mul_(inverse_keep)
+        coefficients = responses * gated
+        out.addmm_(coefficients, folded_out, alpha=scale)
+        ctx.save_for_backward(weight, folded_in, folded_out_t, gated, xd, mask, responses, coefficients)
+        ctx.scale, ctx.p, ctx.inverse_keep = scale, p, inverse_keep
+        ctx.fast_cpu = fast_cpu and x2.device.type == "cpu"
+        ctx.x_shape = x.shape
+        if mask is not None:
+            ctx.mark_non_differentiable(mask)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        weight, folded_in, folded_out_t, gated, xd, mask, responses, coefficients = ctx.saved_tensors
+        need_x, _, _, need_in, need_out, need_gated = ctx.needs_input_grad[:6]
+        g = grad_out if grad_out.dim() == 2 else grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_in = grad_out_folded = grad_gated = None
+        grad_c = torch.addmm(coefficients, g, folded_out_t, beta=0, alpha=ctx.scale)  # s g Ũᵀ
+        if need_out:
+            grad_out_folded = torch.mm(coefficients.t(), g).mul_(ctx.scale) if ctx.scale != 1.0 else torch.mm(coefficients.t(), g)
+        if need_gated:
+            grad_gated = grad_c * responses
+        if need_x or need_in:
+            grad_a = grad_c * gated
+            if ctx.inverse_keep != 1.0:
+                grad_a.mul_(ctx.inverse_keep)
+            if need_in:
+                grad_in = torch.mm(grad_a.t(), xd)
+            if need_x:
+                grad_x = torch.mm(grad_a, folded_in)
+                if mask is not None:
+                    grad_x = grad_x * mask if ctx.fast_cpu else torch.ops.aten.native_dropout_backward(grad_x, mask, 1.0 / (1.0 - ctx.p))
+                grad_x = torch.addmm(grad_x, g, weight)
+                if len(ctx.x_shape) != 2:
+                    grad_x = grad_x.view(ctx.x_shape)
+        return grad_x, None, None, grad_in, grad_out_folded, grad_gated, None, None, None, None
 
 
 class HyperLinear(FrozenLinearWrapper):
@@ -601,7 +794,10 @@ class HyperLinear(FrozenLinearWrapper):
         self.depth = depth
         self.type_index = type_index
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fast_cpu_dropout = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_dropout
+        self._transposed: dict[str, torch.Tensor] = {}  # cached transposed view of the frozen weight
         object.__setattr__(self, "_shared", shared)  # not a submodule
+        self.site_index = shared.register_site(depth, type_index, base.in_features, base.out_features)
 
     @property
     def shared(self) -> HyperShared:
@@ -616,14 +812,16 @@ class HyperLinear(FrozenLinearWrapper):
         return {}
 
     def mixer_weights(self) -> torch.Tensor:
-        """``m(ℓ/L, type) ∈ R^M``."""
-        return self.shared.mixer(self.depth_fraction, self.type_index)
+        """``m(ℓ/L, type) ∈ R^M`` (this site's row of the shared per-forward mixer table)."""
+        return self.shared.mixer_row(self.site_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base(x)
         shared = self.shared
         if shared.bypass:
-            return result
+            return self.base(x)
+        if shared.use_dense(x):
+            return self._dense_forward(x)
+        result = self.base(x)
         indices, gates = shared.routing_for(self.depth, x)
         weights = gates * self.mixer_weights()[indices]  # g_j = π_j m_j, (..., k)
         v_rows = shared.folded_in(self.in_features)[indices]  # (..., k, d_in)
@@ -636,6 +834,25 @@ class HyperLinear(FrozenLinearWrapper):
         # Σ_j g_j a_j ũ_j: (N, 1, k) @ (N, k, d_out)
         update = torch.bmm(coefficients, u_rows.reshape(-1, k, self.out_features).to(x.dtype))
         return result + shared.scale * update.reshape(result.shape)
+
+    def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.shared
+        gated = shared.gated_mixer(self.depth, self.site_index, x)
+        weight, bias = self.base.weight, self.base.bias
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            folded_in, folded_out = shared.folded_in(self.in_features), shared.folded_out(self.out_features)
+            x, weight, folded_in, folded_out, gated = (t.to(dtype) for t in (x, weight, folded_in, folded_out, gated))
+            bias = bias.to(dtype) if bias is not None else None
+            with torch.autocast(device_type, enabled=False):
+                return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scale),
+                                               dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_dropout, None)
+        folded_in, folded_out, folded_in_t, folded_out_t = shared.folded_for_site(self.site_index)
+        transposed = (cached_transpose(self._transposed, "weight", weight), folded_in_t, folded_out_t)
+        return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scale),
+                                       dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_dropout,
+                                       transposed)
 
     def delta_weight(self, indices: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """ΔW of ONE token with atoms ``indices`` (k,) and gates (k,): ``s Σ_j π_j m_j P_out u_j v_jᵀ P_in``.

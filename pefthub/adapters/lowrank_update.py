@@ -38,7 +38,7 @@ from torch.autograd.function import once_differentiable
 _MASK_LEVELS = 1 << 16
 
 
-def _fast_cpu_dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+def fast_cpu_dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     """Boolean keep-mask with P(keep) = round((1 - p) · 65536) / 65536, and 1 / P(keep).
 
     Uniform 64-bit integers (``random_`` over the whole int64 range) are drawn for a quarter of
@@ -64,7 +64,7 @@ class _AdaptedLinear(torch.autograd.Function):
         mask = None
         if p > 0:
             if fast_cpu and x2.device.type == "cpu":
-                mask, inverse_keep = _fast_cpu_dropout_mask(x2, p)
+                mask, inverse_keep = fast_cpu_dropout_mask(x2, p)
                 xd = x2 * mask
                 scaling = scaling * inverse_keep
             else:
@@ -163,11 +163,11 @@ def adapted_linear(
             return _AdaptedLinear.apply(x, weight, bias, A, B, lam, float(scaling), p, fast_cpu_dropout, None)
     transposed = None
     if cache is not None:
-        transposed = (_transposed(cache, "weight", weight), _transposed(cache, "A", A), _transposed(cache, "B", B))
+        transposed = (cached_transpose(cache, "weight", weight), cached_transpose(cache, "A", A), cached_transpose(cache, "B", B))
     return _AdaptedLinear.apply(x, weight, bias, A, B, lam, float(scaling), p, fast_cpu_dropout, transposed)
 
 
-def _transposed(cache: dict, key: str, tensor: torch.Tensor) -> torch.Tensor:
+def cached_transpose(cache: dict, key: str, tensor: torch.Tensor) -> torch.Tensor:
     """``tensor.detach().t()``, reused while it still views ``tensor``'s memory."""
     view = cache.get(key)
     if (view is None or view.data_ptr() != tensor.data_ptr() or view.shape[::-1] != tensor.shape
