@@ -467,7 +467,8 @@ class HyperShared(nn.Module):
         self._eval_cache.clear()
 
     def _on_host_forward(self, module, args, kwargs):
-        self._forward_id += 1
+        if not torch.compiler.is_compiling():  # a changing counter would be a guard: recompiles
+            self._forward_id += 1
         self._step_cache.clear()
         self._routing.clear()
         self._gates = []
@@ -496,6 +497,8 @@ class HyperShared(nn.Module):
     def _cached(self, key: tuple, compute):
         """Per-forward cache while training (ψ, U, V, φ change every step and the graph must be
         fresh), and a cache keyed on the parameters' versions otherwise (eval, no grad)."""
+        if torch.compiler.is_compiling():
+            return compute()  # no Python-side caches inside a compiled graph (they would be guarded on)
         key = tuple(int(k) if isinstance(k, torch.Tensor) else k for k in key)  # traced shapes are tensors
         if self._trainable():
             cache, full_key = self._step_cache, (key, self._forward_id)
@@ -567,6 +570,8 @@ class HyperShared(nn.Module):
     def _constant(self, key: str, device: torch.device, build) -> torch.Tensor:
         full = (key, self.num_layers, device)
         if full not in self._constants:
+            if torch.compiler.is_compiling():
+                return build().to(device)
             with torch.inference_mode(False):  # built once, also used by training after a validation
                 self._constants[full] = build().to(device)
         return self._constants[full]
@@ -592,7 +597,7 @@ class HyperShared(nn.Module):
         return self._cached(("mix_rows",), lambda: self.mixer_table().unbind(0))[site]
 
     def use_dense(self, x: torch.Tensor) -> bool:
-        if torch.jit.is_tracing() or self.update_impl == "sparse":
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or self.update_impl == "sparse":
             return False
         return self.update_impl == "dense" or x.device.type == "cuda"
 

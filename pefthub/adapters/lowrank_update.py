@@ -23,7 +23,8 @@ integers instead (≈ 3× faster; keep probability rounded to a multiple of 1/65
 update scaled by the exact inverse of it, so E[x̃] = x still holds).
 
 The plain composition is used while tracing (``torch.jit.trace``, which fvcore's FLOP count
-uses, sees an autograd function as one opaque op) and when the frozen weight itself trains.
+uses, sees an autograd function as one opaque op), under ``torch.compile`` (the compiler fuses
+the composition itself) and when the frozen weight itself trains.
 Under autocast the inputs are cast once to the autocast dtype and the function runs with
 autocast off (the casts are differentiable, so gradients reach the fp32 parameters).
 """
@@ -151,7 +152,8 @@ def adapted_linear(
             is replaced.
     """
     p = float(dropout) if training else 0.0
-    if torch.jit.is_tracing() or A.shape[0] == 0 or weight.requires_grad or (bias is not None and bias.requires_grad):
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling() or A.shape[0] == 0 or weight.requires_grad
+            or (bias is not None and bias.requires_grad)):
         return _plain(x, weight, bias, A, B, lam, scaling, p, training)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):

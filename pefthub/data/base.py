@@ -43,6 +43,10 @@ class TaskDataModule(LightningDataModule):
             ``shuffle_seed + e`` alone, so resumed runs see the same batches; ``null`` (the
             default) takes the run's ``seed_everything`` value (0 when none is set), so
             "3 seeds" also means 3 data orders.
+        pad_to_multiple_of: pad each batch's length up to a multiple of this (``null``: to the
+            batch's longest input). With ``model.compile: true`` it bounds the number of
+            distinct shapes, hence recompilations (``max_length`` pads every batch to
+            ``max_length``: one shape).
     """
 
     task_type = "sequence_classification"
@@ -57,11 +61,15 @@ class TaskDataModule(LightningDataModule):
         train_limit: int | None = None,
         eval_limit: int | None = None,
         shuffle_seed: int | None = None,
+        pad_to_multiple_of: int | None = None,
     ) -> None:
         super().__init__()
         for key, value in (("max_length", max_length), ("batch_size", batch_size)):
             if value < 1:
                 raise ValueError(f"data.{key} must be >= 1, got {value}")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"data.pad_to_multiple_of must be >= 1 or null, got {pad_to_multiple_of}")
+        self.pad_to_multiple_of = pad_to_multiple_of
         self.backbone = backbone
         self.max_length = max_length
         self.batch_size = batch_size
@@ -139,7 +147,7 @@ class TaskDataModule(LightningDataModule):
 
     def collator(self):
         """Batch collation: dynamic padding (token tasks override it to pad labels with -100)."""
-        return DataCollatorWithPadding(self.tokenizer, return_tensors="pt")
+        return DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.datasets is None:

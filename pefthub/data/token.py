@@ -95,7 +95,9 @@ class TokenClassificationDataModule(LabelledTaskDataModule):
         """Pads inputs, and labels with -100."""
         from transformers import DataCollatorForTokenClassification
 
-        return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+        return DataCollatorForTokenClassification(
+            self.tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         fresh = self.datasets is None

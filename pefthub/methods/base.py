@@ -66,6 +66,13 @@ class PEFTModule(LightningModule):
             adapters (LoRA, AdaLoRA, FW/IW-LoRA, GLoRA) from 16-bit random integers, about 3x
             faster than torch's kernel (keep probability rounded to a multiple of 1/65536);
             ``false`` uses torch's dropout kernel, as every GPU run does.
+        compile: run the forward pass (backbone, adapters, head; its backward follows) through
+            ``torch.compile``. The adapters then use their plain composition (the compiler
+            fuses it; the hand-written fused functions are for eager mode). Each new input
+            shape compiles once more: set ``data.pad_to_multiple_of`` (or ``max_length``) to
+            bound the shapes. Off by default (the first steps pay the compilation).
+        compile_backend: ``torch.compile``'s backend (``inductor``: generated kernels;
+            ``aot_eager``: graph capture and AOT autograd without code generation, for checks).
     """
 
     method_name = "base"
@@ -82,6 +89,8 @@ class PEFTModule(LightningModule):
         warmup_fraction: float = 0.06,
         lr_schedule: str = "linear",
         fast_cpu_dropout: bool = True,
+        compile: bool = False,
+        compile_backend: str = "inductor",
     ) -> None:
         super().__init__()
         if num_labels < 1:
@@ -101,6 +110,13 @@ class PEFTModule(LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_fraction = warmup_fraction
         self.lr_schedule = lr_schedule
+        self.compile = bool(compile)
+        if compile:
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if compile_backend not in backends:
+                raise ValueError(f"model.compile_backend must be one of {sorted(backends)}, got {compile_backend!r}")
+        self.compile_backend = compile_backend
+        self._compiled_forward = None
 
         self.backbone, _ = load_backbone(backbone)
         self.backbone.train()  # from_pretrained returns eval mode; fine-tuning keeps its dropout on
@@ -189,6 +205,14 @@ class PEFTModule(LightningModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits, shape (batch, num_labels); (batch, seq, num_labels) for token tasks."""
+        if self.compile:
+            if self._compiled_forward is None:
+                # dynamic=False: one graph per shape (bounded by data.pad_to_multiple_of)
+                self._compiled_forward = torch.compile(self._forward, backend=self.compile_backend, dynamic=False)
+            return self._compiled_forward(input_ids, attention_mask, token_type_ids)
+        return self._forward(input_ids, attention_mask, token_type_ids)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -227,9 +251,18 @@ class PEFTModule(LightningModule):
         self.log("train/loss", task_loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
-        if not torch.isfinite(loss):
+        if self._check_loss_now() and not torch.isfinite(loss):
             self._stop_on_non_finite(loss)
         return loss
+
+    def _check_loss_now(self) -> bool:
+        """Whether this step reads the loss back to test it for NaN/inf. On the CPU that is free;
+        on an accelerator it is a host sync (the launch queue drains), so it happens on logging
+        steps only (``trainer.log_every_n_steps``, when Lightning reads the loss anyway): a
+        non-finite loss is then caught within that many steps."""
+        if self._trainer is None or not isinstance(self.device, torch.device) or self.device.type == "cpu":
+            return True
+        return self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0
 
     def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
         """Stop before backward/optimiser step so the weights and checkpoints stay good."""
