@@ -462,7 +462,7 @@ def hardware(config: dict[str, Any] | None = None) -> dict[str, Any]:
     except metadata.PackageNotFoundError:
         torch_version = ""
     gpu = ""
-    accelerator = str(((config or {}).get("trainer") or {}).get("accelerator", "cpu"))
+    accelerator = str(((config or {}).get("trainer") or {}).get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda", "auto"):
         import torch
 
