@@ -18,7 +18,10 @@ Variants (same backbone, batch, sequence length, task head, AdamW, train mode):
 - ``iw_lora``          IW-LoRA after its calibration (gradient-norm importances, the same penalty);
 - ``glora``            GLoRA after its reallocation (rank pattern from a short real warm-up);
 - ``unihyperlora``     UniHyperLoRA (default sizes; budget loss in the loss);
-- ``full_finetune``    every backbone weight trained.
+- ``full_finetune``    every backbone weight trained;
+- ``<variant>_compiled`` (opt-in, ``--variants``): ``pefthub_lora``, ``pefthub_adalora`` or
+                       ``unihyperlora`` with ``model.compile: true`` (``torch.compile`` of the
+                       forward; the untimed warm-up rounds absorb the compilation).
 
 A step is forward, loss (+ the method's penalty), backward, AdamW step, the method's per-step
 bookkeeping (AdaLoRA's allocation) and ``zero_grad``. Rounds run every variant once on the
@@ -80,6 +83,8 @@ VARIANTS = (
     "floor", "pefthub_lora", "hf_peft_lora", "pefthub_adalora", "hf_peft_adalora",
     "fw_lora", "iw_lora", "glora", "unihyperlora", "full_finetune",
 )
+# opt-in (not in the default list: compiling takes a minute on a CPU)
+OPTIONAL_VARIANTS = ("pefthub_lora_compiled", "pefthub_adalora_compiled", "unihyperlora_compiled")
 HF_REFERENCE = {"pefthub_lora": "hf_peft_lora", "pefthub_adalora": "hf_peft_adalora"}
 LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "fast_cpu_dropout": True}
 ADALORA = {"init_rank": 12, "target_rank": 8, "alpha": 24, "dropout": 0.05, "tinit": 0.1, "tfinal": 0.3,
@@ -179,6 +184,12 @@ def build_variants(names: list[str], backbone: str, total_steps: int, glora_batc
     for name in names:
         if name == "floor":
             variant = Variant(name, Floor(backbone=backbone).to(device))
+        elif name.endswith("_compiled"):
+            (base,) = build_variants([name.removesuffix("_compiled")], backbone, total_steps, glora_batches, autocast,
+                                     device, lora={**(lora or {}), "compile": True},
+                                     adalora={**(adalora or {}), "compile": True}, unihyper={**(unihyper or {}), "compile": True})
+            variant = Variant(name, base.module, lr=base.optimizer.param_groups[0]["lr"], extra_loss=base.extra_loss,
+                              after_step=base.after_step)
         elif name == "full_finetune":
             module = HeadOnly(backbone=backbone)
             module.backbone.requires_grad_(True)
@@ -241,7 +252,7 @@ def build_variants(names: list[str], backbone: str, total_steps: int, glora_batc
             module = UniHyperLoRAModule(backbone=backbone, lambda_delta=1e-3, **(unihyper or {})).to(device)
             variant = Variant(name, module, lr=1e-3)
         else:
-            raise ValueError(f"unknown variant {name!r}; expected some of {VARIANTS}")
+            raise ValueError(f"unknown variant {name!r}; expected some of {VARIANTS + OPTIONAL_VARIANTS}")
         variant.module.train()
         variants.append(variant)
     return variants
@@ -374,9 +385,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/bench/step_time", help="output path without extension (.csv, .png)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(VARIANTS))
+    unknown = sorted(set(names) - set(VARIANTS) - set(OPTIONAL_VARIANTS))
     if unknown:
-        parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+        parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS + OPTIONAL_VARIANTS)}")
     overrides = {"dropout": args.adapter_dropout, "fast_cpu_dropout": not args.native_dropout}
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -410,7 +421,8 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = {}
     for variant in variants:
         peaks[variant.name] = float("nan") if args.no_memory else peak_step_bytes(variant, batches[rounds], autocast_factory(), device)
-    counts = {v.name: count_step(v, batches[rounds], autocast_factory()) for v in variants}
+    # a compiled step runs generated kernels, not aten ops one by one: not counted
+    counts = {v.name: count_step(v, batches[rounds], autocast_factory()) for v in variants if not v.name.endswith("_compiled")}
 
     medians = {v.name: statistics.median(v.times) for v in variants}
     by_name = {v.name: v for v in variants}
@@ -432,10 +444,10 @@ def main(argv: list[str] | None = None) -> dict:
             "trainable_params": sum(p.numel() for p in variant.params),
             "state_mb": variant.state_bytes() / 2**20,
             "peak_step_mb": peaks[variant.name] / 2**20,
-            "aten_ops": counts[variant.name].total,
-            "host_syncs": counts[variant.name].host_syncs,
+            "aten_ops": counts[variant.name].total if variant.name in counts else float("nan"),
+            "host_syncs": counts[variant.name].host_syncs if variant.name in counts else float("nan"),
             "ops_ratio_to_pefthub_lora": (counts[variant.name].total / counts["pefthub_lora"].total
-                                          if "pefthub_lora" in counts else float("nan")),
+                                          if variant.name in counts and "pefthub_lora" in counts else float("nan")),
             **info,
         }
         rows.append(row)
