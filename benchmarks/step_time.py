@@ -366,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="timed rounds (each variant once per round)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="rounds after the warm-up (each variant once per round); the middle one is op-counted, the others timed")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--glora-warmup", type=int, default=5, help="steps of GLoRA's warm-up before its reallocation")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
@@ -409,20 +410,25 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    # one round in the middle of the timed ones is counted instead of timed (ops and host syncs:
+    # AdaLoRA is then inside its budget-reduction phase); a compiled step is not op-counted
+    count_round = args.warmup + args.steps // 2 if args.steps > 1 else -1
+    counts = {}
     for index in range(rounds):
         shift = index % len(variants)
         for variant in variants[shift:] + variants[:shift]:
+            if index == count_round and not variant.name.endswith("_compiled"):
+                counts[variant.name] = count_step(variant, batches[index], autocast_factory())
+                continue
             synchronize()
             start = time.perf_counter()
             variant.step(batches[index], autocast_factory())
             synchronize()
-            if index >= args.warmup:
+            if index >= args.warmup and index != count_round:
                 variant.times.append(time.perf_counter() - start)
     peaks = {}
     for variant in variants:
         peaks[variant.name] = float("nan") if args.no_memory else peak_step_bytes(variant, batches[rounds], autocast_factory(), device)
-    # a compiled step runs generated kernels, not aten ops one by one: not counted
-    counts = {v.name: count_step(v, batches[rounds], autocast_factory()) for v in variants if not v.name.endswith("_compiled")}
 
     medians = {v.name: statistics.median(v.times) for v in variants}
     by_name = {v.name: v for v in variants}

@@ -17,12 +17,13 @@ from typing import Any
 # method_name -> why it cannot run under DeepSpeed (yet)
 GRADIENT_READERS: dict[str, str] = {
     "adalora": (
-        "AdaLoRA's rank allocator reads p.grad after the optimiser step and masks weights in place, "
-        "but DeepSpeed partitions the gradients (p.grad is None) and restores the weights from its own fp32 copy"
+        "AdaLoRA's rank allocator reads p.grad after the optimiser step and masks weights in place, and its "
+        "orthogonality penalty adds its gradient to p.grad, but DeepSpeed partitions the gradients (p.grad is None) "
+        "and restores the weights from its own fp32 copy"
     ),
     "importance_lora": (
-        "the FW-LoRA/IW-LoRA importance warm-up reads p.grad in on_before_optimizer_step, "
-        "but DeepSpeed keeps the gradients in its own partitioned buffers (p.grad is None)"
+        "the FW-LoRA/IW-LoRA importance warm-up reads p.grad in on_before_optimizer_step and the penalty adds its "
+        "gradient to p.grad, but DeepSpeed keeps the gradients in its own partitioned buffers (p.grad is None)"
     ),
     "glora": (
         "GLoRA's importance warm-up reads p.grad and its rank reallocation rebuilds adapters and optimiser mid-run, "

@@ -84,14 +84,14 @@ class _StepGradient:
             self.factors = None
         self.dense.addmm_(g.T, x)
 
-    def squared_norm(self) -> float | None:
-        """‖Σ g xᵀ‖²_F of the step, or None when the layer saw no backward pass."""
+    def squared_norm(self) -> torch.Tensor | None:
+        """‖Σ g xᵀ‖²_F of the step (a float64 0-dim tensor on the layer's device, not read back
+        to the host), or None when the layer saw no backward pass."""
         if self.factors is not None:
             g, x = self.factors
-            value = ((g @ g.T) * (x @ x.T)).sum(dtype=torch.float64)
-            return max(float(value), 0.0)
+            return ((g @ g.T) * (x @ x.T)).sum(dtype=torch.float64).clamp(min=0.0)
         if self.dense is not None:
-            return float(self.dense.double().square().sum())
+            return self.dense.double().square().sum()
         return None
 
 
@@ -176,22 +176,28 @@ class ImportanceEstimator:
             grad_scale: the loss scale of mixed-precision training; hook-read output gradients
                 are divided by it (``lora_grad`` reads ``.grad``, which Lightning has unscaled).
         """
-        values = torch.full((len(self.names),), float("nan"), dtype=torch.float64)
-        for i, name in enumerate(self.names):
+        per_layer: list[torch.Tensor | None] = []
+        for name in self.names:
             if self.source == "lora_grad":
                 layer = self._layers[name]
                 grads = [p.grad for p in (layer.lora_A, layer.lora_B) if p.grad is not None]
-                if grads:  # parameter .grad: already unscaled when Lightning's hook runs
-                    values[i] = math.sqrt(sum(float(g.detach().double().square().sum()) for g in grads))
+                # parameter .grad: already unscaled when Lightning's hook runs
+                per_layer.append(torch.stack([g.detach().double().square().sum() for g in grads]).sum().sqrt() if grads else None)
                 continue
             pending = self._pending[name]
             sq = pending.squared_norm()
             self._pending[name] = _StepGradient(self.fisher_impl)
             if sq is None:
+                per_layer.append(None)
                 continue
-            sq /= grad_scale**2
-            values[i] = sq if self.source == "fisher" else math.sqrt(sq)
-        return values
+            sq = sq / grad_scale**2
+            per_layer.append(sq if self.source == "fisher" else sq.sqrt())
+        # kept on the device: no host sync per layer and step (the values are read back once, at freeze)
+        present = next((v for v in per_layer if v is not None), None)
+        if present is None:
+            return torch.full((len(self.names),), float("nan"), dtype=torch.float64)
+        missing = torch.full((), float("nan"), dtype=torch.float64, device=present.device)
+        return torch.stack([v if v is not None else missing for v in per_layer])
 
     def observe_step(self, grad_scale: float = 1.0) -> torch.Tensor:
         """Fold this optimiser step's values into the running average; returns the step's values.
@@ -205,6 +211,8 @@ class ImportanceEstimator:
             raise RuntimeError("attach() the estimator to its layers before observe_step()")
         values = self.step_values(grad_scale)
         update = torch.nan_to_num(values, nan=0.0)
+        if self.running.device != update.device:
+            self.running = self.running.to(update.device)
         self.steps += 1
         if self.beta is None:
             self.running += (update - self.running) / self.steps
@@ -224,7 +232,7 @@ class ImportanceEstimator:
         if self.steps == 0:
             return dict.fromkeys(self.names, 0.0)
         correction = 1.0 if self.beta is None else 1.0 - self.beta**self.steps
-        return {name: float(v) / correction for name, v in zip(self.names, self.running, strict=True)}
+        return {name: v / correction for name, v in zip(self.names, self.running.tolist(), strict=True)}
 
     def normalized(self, how: str = "sum") -> dict[str, float]:
         """Importances in [0, 1]: ``v / Σ v`` (``sum``) or ``v / max v`` (``max``); all-zero

@@ -21,6 +21,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from pefthub.callbacks.logging_step import is_logging_step
+
 CALIBRATIONS = ("train", "frozen", "tiny_lr")
 
 
@@ -103,7 +105,8 @@ class ImportanceWarmup(Callback):
         if estimator.frozen or not estimator.attached:
             return
         values = estimator.observe_step(_grad_scale(trainer))
-        pl_module.log("importance/step_mean", float(values.nan_to_num(0.0).mean()), on_step=True, on_epoch=False)
+        if is_logging_step(trainer):  # a device tensor: read back when logged
+            pl_module.log("importance/step_mean", values.nan_to_num(0.0).mean().float(), on_step=True, on_epoch=False)
         if self.calibration == "frozen":
             for param in self._adapter_parameters(pl_module):
                 param.grad = None  # torch optimisers skip parameters without a gradient

@@ -37,6 +37,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from pefthub.callbacks.logging_step import is_logging_step
+
 
 class AdaLoRARankAllocation(Callback):
     """Runs ``pl_module.allocator.step(t)`` once per optimiser step (see the module doc).
@@ -75,7 +77,7 @@ class AdaLoRARankAllocation(Callback):
             return  # an accumulation micro-batch: no optimiser step happened
         self.last_global_step = step
         report = pl_module.allocator.step(step - 1)
-        if step % max(1, trainer.log_every_n_steps) != 0 and step != trainer.estimated_stepping_batches:
+        if not is_logging_step(trainer) and step != trainer.estimated_stepping_batches:
             return
         figures = {
             "budget/rank_budget": float(report.budget),

@@ -24,6 +24,7 @@ from pefthub.adapters.inject import adapter_state, mark_only_adapters_trainable
 from pefthub.adapters.io import config_text, load_adapter, save_adapter, serialized_size
 from pefthub.backbones import CAUSAL_FAMILIES, family_of, hidden_size, load_backbone
 from pefthub.callbacks.adapter_export import SaveAdapter
+from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.callbacks.rng import RNGState
 from pefthub.callbacks.timing import StepTimer
 from pefthub.checkpoint_io import read_checkpoint, saved_tensor_names
@@ -248,7 +249,9 @@ class PEFTModule(LightningModule):
         if extra is not None:
             loss = loss + extra
             self.log("train/regularization", extra.detach(), on_step=True, on_epoch=False)
-        self.log("train/loss", task_loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=logits.shape[0])
+        # not on the progress bar: Lightning reads every progress-bar value back to the host
+        # after each batch, a sync that stalls a GPU's launch queue (TensorBoard has the loss)
+        self.log("train/loss", task_loss.detach(), on_step=True, on_epoch=True, batch_size=logits.shape[0])
         if self._trainer is not None and self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         if self._check_loss_now() and not torch.isfinite(loss):
@@ -262,7 +265,7 @@ class PEFTModule(LightningModule):
         non-finite loss is then caught within that many steps."""
         if self._trainer is None or not isinstance(self.device, torch.device) or self.device.type == "cpu":
             return True
-        return self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        return is_logging_step(self.trainer)
 
     def _stop_on_non_finite(self, loss: torch.Tensor) -> None:
         """Stop before backward/optimiser step so the weights and checkpoints stay good."""

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pefthub.callbacks.importance import ImportanceWarmup
+from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.importance import (
     NORMALIZATIONS,
     ImportanceEstimator,
@@ -141,7 +142,7 @@ class ImportanceLoRAModule(LoRAModule):
         """The penalty and its gradient in closed form
         (:func:`~pefthub.importance.weighted_delta_sq_norm_gradients`); ``None`` during the
         warm-up. On logging steps the ‖ΔW_m‖_F are logged too (a host sync)."""
-        if self._trainer is not None and self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        if self._trainer is not None and is_logging_step(self.trainer):
             with torch.no_grad():
                 self._log_delta_norms(self.delta_sq_norms())
         if self._weights is None:

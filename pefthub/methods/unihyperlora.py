@@ -26,6 +26,7 @@ from pefthub.adapters.hyper import (
 from pefthub.adapters.inject import AdapterSite, inject_adapters
 from pefthub.adapters.io import CONFIG_NAME, load_adapter, save_adapter
 from pefthub.backbones import default_targets
+from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.methods.base import PEFTModule
 
 # Keys of HyperShared's constructor that fix tensor shapes: an adapter file decides them.
@@ -230,7 +231,7 @@ class UniHyperLoRAModule(PEFTModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
-        if self._trainer is None or self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        if self._trainer is None or is_logging_step(self.trainer):
             self._log_routing("budget")  # logging steps only: no per-step work or sync for statistics
         return loss
 
