@@ -38,7 +38,7 @@ def test_merge_and_unmerge_reproduce_unmerged_outputs(batch):
     assert any(layer.lora_B.abs().sum() > 0 for _, layer in adapter_modules(model))
     with torch.no_grad():
         unmerged = model(batch["input_ids"], batch["attention_mask"])
-        weights_before = {n: l.base.weight.clone() for n, l in adapter_modules(model)}
+        weights_before = {name: layer.base.weight.clone() for name, layer in adapter_modules(model)}
         for _, layer in adapter_modules(model):
             layer.merge()
         merged = model(batch["input_ids"], batch["attention_mask"])
