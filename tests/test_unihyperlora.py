@@ -291,3 +291,19 @@ def test_dense_and_sparse_updates_give_the_same_outputs_and_gradients(batch, dro
     assert results["dense"][1].keys() == results["sparse"][1].keys()
     for name, grad in results["sparse"][1].items():
         torch.testing.assert_close(results["dense"][1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["sparse", "dense"])
+def test_bf16_autocast_never_leaves_bf16_folds_for_fp32_forwards(batch, impl):
+    """An fp32 forward after a bf16-autocast one is the fp32 result (the inference cache of
+    projectors and folds is keyed on the precision; they are computed in fp32 anyway), and the
+    bf16 output stays near it (top-k routing may pick other atoms for a few tokens in bf16)."""
+    module = _module(update_impl=impl, head_dropout=0.0)
+    inputs = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = module(*inputs).float()
+        reference = module(*inputs)
+        fresh = _module(update_impl=impl, head_dropout=0.0)(*inputs)
+    torch.testing.assert_close(reference, fresh, atol=1e-6, rtol=0)
+    assert float((low - reference).abs().max()) <= 0.2 * float(reference.abs().max())

@@ -497,6 +497,14 @@ class HyperShared(nn.Module):
     def _cached(self, key: tuple, compute):
         """Per-forward cache while training (ψ, U, V, φ change every step and the graph must be
         fresh), and a cache keyed on the parameters' versions otherwise (eval, no grad)."""
+        inner = compute
+
+        def compute() -> torch.Tensor:
+            # projectors and folds are small (per width, not per token) and feed every token's
+            # update: computed in fp32 even under autocast, which would round them to bf16
+            with torch.autocast(self.atoms_V.device.type, enabled=False):
+                return inner()
+
         if torch.compiler.is_compiling():
             return compute()  # no Python-side caches inside a compiled graph (they would be guarded on)
         key = tuple(int(k) if isinstance(k, torch.Tensor) else k for k in key)  # traced shapes are tensors
@@ -504,7 +512,10 @@ class HyperShared(nn.Module):
             cache, full_key = self._step_cache, (key, self._forward_id)
         else:
             versions = tuple((p._version, p.data_ptr()) for p in self.parameters())
-            cache, full_key = self._eval_cache, (key, versions)
+            # a fold computed under autocast is in the low dtype: never reuse it outside autocast
+            device_type = self.atoms_V.device.type
+            precision = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+            cache, full_key = self._eval_cache, (key, versions, precision)
             if full_key not in cache:
                 for old in [k for k in cache if k[0] == key]:
                     del cache[old]
