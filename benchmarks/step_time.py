@@ -86,9 +86,9 @@ VARIANTS = (
 # opt-in (not in the default list: compiling takes a minute on a CPU)
 OPTIONAL_VARIANTS = ("pefthub_lora_compiled", "pefthub_adalora_compiled", "unihyperlora_compiled")
 HF_REFERENCE = {"pefthub_lora": "hf_peft_lora", "pefthub_adalora": "hf_peft_adalora"}
-LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "fast_cpu_dropout": True}
+LORA = {"rank": 8, "alpha": 16, "dropout": 0.05, "fast_cpu_kernels": True}
 ADALORA = {"init_rank": 12, "target_rank": 8, "alpha": 24, "dropout": 0.05, "tinit": 0.1, "tfinal": 0.3,
-           "delta_t": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.1, "fast_cpu_dropout": True}
+           "delta_t": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.1, "fast_cpu_kernels": True}
 
 
 class HeadOnly(PEFTModule):
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--adapter-dropout", type=float, default=0.05,
                         help="dropout on the adapter input of the LoRA/AdaLoRA-family variants (pefthub and HF PEFT alike)")
     parser.add_argument("--native-dropout", action="store_true",
-                        help="CPU: use torch's dropout kernel for the adapters (model.fast_cpu_dropout: false), as GPUs do")
+                        help="CPU: use torch's dropout kernel for the adapters (model.fast_cpu_kernels: false), as GPUs do")
     parser.add_argument("--unihyper-impl", default="auto", choices=["auto", "sparse", "dense"],
                         help="UniHyperLoRA's model.update_impl (auto: dense on CUDA, sparse elsewhere)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(names) - set(VARIANTS) - set(OPTIONAL_VARIANTS))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; expected some of {list(VARIANTS + OPTIONAL_VARIANTS)}")
-    overrides = {"dropout": args.adapter_dropout, "fast_cpu_dropout": not args.native_dropout}
+    overrides = {"dropout": args.adapter_dropout, "fast_cpu_kernels": not args.native_dropout}
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -17,10 +17,11 @@ def _plain(x, weight, bias, A, B, scaling, lam=None):  # noqa: N803
     return F.linear(x, weight, bias) + F.linear(F.linear(x, A), B) * scaling
 
 
+@pytest.mark.parametrize("cpu_kernels", [True, False])  # CPU layouts / the layouts a GPU uses
 @pytest.mark.parametrize("with_lambda", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("x_requires_grad", [True, False])
-def test_value_and_every_gradient_equal_the_plain_composition(x_requires_grad, with_bias, with_lambda):
+def test_value_and_every_gradient_equal_the_plain_composition(x_requires_grad, with_bias, with_lambda, cpu_kernels):
     generator = torch.Generator().manual_seed(0)
 
     def leaf(*size, grad=True):
@@ -32,7 +33,7 @@ def test_value_and_every_gradient_equal_the_plain_composition(x_requires_grad, w
     grad_out = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
     inputs = [A, B] + ([lam] if with_lambda else []) + ([x] if x_requires_grad else [])
 
-    fused = adapted_linear(x, weight, bias, A, B, 1.75, lam=lam, cache={})
+    fused = adapted_linear(x, weight, bias, A, B, 1.75, lam=lam, cache={}, fast_cpu_kernels=cpu_kernels)
     assert fused.grad_fn.name() == "_AdaptedLinearBackward"
     fused_grads = torch.autograd.grad(fused, inputs, grad_out)
     plain = _plain(x, weight, bias, A, B, 1.75, lam)
@@ -50,8 +51,8 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda x, a, b, lam: adapted_linear(x, weight, bias, a, b, 0.5, lam=lam), (x, A, B, lam))
 
 
-@pytest.mark.parametrize("fast_cpu_dropout", [True, False])
-def test_dropout_uses_one_mask_and_one_scale_in_forward_and_backward(fast_cpu_dropout):
+@pytest.mark.parametrize("fast_cpu_kernels", [True, False])
+def test_dropout_uses_one_mask_and_one_scale_in_forward_and_backward(fast_cpu_kernels):
     """With A = B = I and s = 1 the update *is* drop(x), so forward shows the mask and scale;
     ∂L/∂x for L = Σ y must then be Wᵀ1 + mask · scale elementwise — the same mask and scale."""
     torch.manual_seed(0)
@@ -60,7 +61,7 @@ def test_dropout_uses_one_mask_and_one_scale_in_forward_and_backward(fast_cpu_dr
     weight = torch.randn(d, d)
     eye = torch.eye(d)
     A, B = eye.clone().requires_grad_(True), eye.clone().requires_grad_(True)  # noqa: N806
-    y = adapted_linear(x, weight, None, A, B, 1.0, dropout=p, training=True, fast_cpu_dropout=fast_cpu_dropout)
+    y = adapted_linear(x, weight, None, A, B, 1.0, dropout=p, training=True, fast_cpu_kernels=fast_cpu_kernels)
     dropped = y - x.detach() @ weight.t()
     scale = dropped / x.detach()
     kept = dropped.abs() > 1e-4
@@ -72,7 +73,7 @@ def test_dropout_uses_one_mask_and_one_scale_in_forward_and_backward(fast_cpu_dr
     assert y.grad_fn is not None and A.grad is not None and B.grad is not None
 
 
-def test_fast_cpu_dropout_keep_rate_is_unbiased():
+def test_fast_cpu_kernels_keep_rate_is_unbiased():
     from pefthub.adapters.lowrank_update import fast_cpu_dropout_mask
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ on the batch size, so a batch of 2 × 16 tokens on the real MiniLM-L6 structure 
 adapted matrices) gives the same counts as the benchmark's 32 × 128. The step is the one of
 ``benchmarks/step_time.py`` (forward, loss, backward, closed-form penalty gradients, the
 method's per-step bookkeeping; not the optimiser), with the kernels a GPU runs (adapter
-dropout: torch's kernel, ``fast_cpu_dropout: false``; UniHyperLoRA: ``update_impl: dense``,
+dropout: torch's kernel, ``fast_cpu_kernels: false``; UniHyperLoRA: ``update_impl: dense``,
 which ``auto`` picks on CUDA) and, for AdaLoRA, a step inside the budget-reduction phase
 (importance update + a new allocation).
 
@@ -51,7 +51,7 @@ def counts() -> dict:
     torch.manual_seed(0)
     probe = bench.HeadOnly(backbone="minilm-l6")
     batches = [bench.make_batch(probe.backbone, 2, 16, seed, torch.device("cpu")) for seed in range(COUNTED_STEP + 3)]
-    native = {"fast_cpu_dropout": False}
+    native = {"fast_cpu_kernels": False}
     variants = bench.build_variants(VARIANTS, "minilm-l6", TOTAL_STEPS, batches[:2], contextlib.nullcontext(),
                                     torch.device("cpu"), lora=native, adalora=native,
                                     unihyper={"update_impl": "dense"})  # what `auto` picks on a GPU

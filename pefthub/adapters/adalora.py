@@ -59,7 +59,7 @@ class SVDLinear(FrozenLinearWrapper):
         self.init_rank = int(rank)
         self.scaling = self.alpha / self.init_rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fast_cpu_dropout = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_dropout
+        self.fast_cpu_kernels = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_kernels
         self._transposed: dict[str, torch.Tensor] = {}  # adapted_linear's cache of transposed views
         weight = base.weight
         kwargs = {"dtype": weight.dtype, "device": weight.device}
@@ -107,7 +107,7 @@ class SVDLinear(FrozenLinearWrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return adapted_linear(
             x, self.base.weight, self.base.bias, self.lora_Q, self.lora_P, self.scaling, lam=self.lora_lambda,
-            dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_dropout=self.fast_cpu_dropout, cache=self._transposed,
+            dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_kernels=self.fast_cpu_kernels, cache=self._transposed,
         )
 
     def extra_repr(self) -> str:

@@ -810,7 +810,7 @@ class HyperLinear(FrozenLinearWrapper):
         self.depth = depth
         self.type_index = type_index
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fast_cpu_dropout = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_dropout
+        self.fast_cpu_kernels = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_kernels
         self._transposed: dict[str, torch.Tensor] = {}  # cached transposed view of the frozen weight
         object.__setattr__(self, "_shared", shared)  # not a submodule
         self.site_index = shared.register_site(depth, type_index, base.in_features, base.out_features)
@@ -863,11 +863,11 @@ class HyperLinear(FrozenLinearWrapper):
             bias = bias.to(dtype) if bias is not None else None
             with torch.autocast(device_type, enabled=False):
                 return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scale),
-                                               dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_dropout, None)
+                                               dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_kernels, None)
         folded_in, folded_out, folded_in_t, folded_out_t = shared.folded_for_site(self.site_index)
         transposed = (cached_transpose(self._transposed, "weight", weight), folded_in_t, folded_out_t)
         return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scale),
-                                       dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_dropout,
+                                       dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_kernels,
                                        transposed)
 
     def delta_weight(self, indices: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ class LoRALinear(FrozenLinearWrapper):
         self.alpha = float(alpha)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
-        self.fast_cpu_dropout = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_dropout
+        self.fast_cpu_kernels = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_kernels
         self._transposed: dict[str, torch.Tensor] = {}  # adapted_linear's cache of transposed views
         weight = base.weight
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=weight.dtype, device=weight.device))
@@ -126,7 +126,7 @@ class LoRALinear(FrozenLinearWrapper):
             return self.base(x)
         return adapted_linear(
             x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
-            dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_dropout=self.fast_cpu_dropout, cache=self._transposed,
+            dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_kernels=self.fast_cpu_kernels, cache=self._transposed,
         )
 
     @torch.no_grad()

@@ -63,10 +63,12 @@ class PEFTModule(LightningModule):
         warmup_fraction: fraction of all optimiser steps spent warming the learning rate
             up linearly from 0; it then decays linearly to 0 (``lr_schedule: linear``).
         lr_schedule: ``linear`` (warm-up + linear decay) or ``constant`` (warm-up only).
-        fast_cpu_dropout: on the CPU, draw the adapter-input dropout masks of LoRA-shaped
-            adapters (LoRA, AdaLoRA, FW/IW-LoRA, GLoRA) from 16-bit random integers, about 3x
-            faster than torch's kernel (keep probability rounded to a multiple of 1/65536);
-            ``false`` uses torch's dropout kernel, as every GPU run does.
+        fast_cpu_kernels: CPU-only kernel choices of the LoRA-shaped adapters (LoRA, AdaLoRA,
+            FW/IW-LoRA, GLoRA, UniHyperLoRA's dropout): dropout masks drawn from 16-bit random
+            integers, about 3x faster than torch's kernel (keep probability rounded to a multiple
+            of 1/65536), and the backward's skinny products in the layout MKL runs fast.
+            ``false`` uses torch's dropout kernel and the layouts every GPU run uses. No effect
+            on a GPU.
         compile: run the forward pass (backbone, adapters, head; its backward follows) through
             ``torch.compile``. The adapters then use their plain composition (the compiler
             fuses it; the hand-written fused functions are for eager mode). Each new input
@@ -89,7 +91,7 @@ class PEFTModule(LightningModule):
         optimizer: OptimizerCallable = _adamw,
         warmup_fraction: float = 0.06,
         lr_schedule: str = "linear",
-        fast_cpu_dropout: bool = True,
+        fast_cpu_kernels: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
     ) -> None:
@@ -132,8 +134,8 @@ class PEFTModule(LightningModule):
 
         self.build_adapters()
         for module in self.backbone.modules():
-            if hasattr(module, "fast_cpu_dropout"):
-                module.fast_cpu_dropout = bool(fast_cpu_dropout)
+            if hasattr(module, "fast_cpu_kernels"):
+                module.fast_cpu_kernels = bool(fast_cpu_kernels)
         mark_only_adapters_trainable(self.backbone)
         self.head.requires_grad_(True)
         # Checkpoints carry only trainable tensors; the frozen backbone comes from `backbone`.
