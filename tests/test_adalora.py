@@ -404,3 +404,33 @@ def test_closed_form_penalty_gradient_equals_autograd_of_the_penalty(form):
     module.apply_penalty_gradients(0.5)
     for param, want in zip(params, expected, strict=True):
         torch.testing.assert_close(param.grad, 1 + 0.5 * want, atol=1e-12, rtol=1e-9)
+
+
+def test_singular_values_folded_for_all_layers_at_once_match_the_per_layer_update():
+    """AdaLoRAModule folds P diag(λ) of every layer in one op before its forward; outputs and
+    every gradient equal the per-layer update (λ inside each layer), and the fold's backward
+    passes gradcheck (float64)."""
+    from pefthub.adapters.adalora import _FoldSingularValues
+
+    generator = torch.Generator().manual_seed(0)
+    ps = [torch.randn(5, 3, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    ps.append(torch.randn(7, 3, generator=generator, dtype=torch.float64, requires_grad=True))
+    lams = [torch.randn(3, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda *t: _FoldSingularValues.apply(3, *t), (*ps, *lams))
+
+    from pefthub.methods.base import PEFTModule
+
+    module = _module(tinit=1, tfinal=2).double().eval()  # eval: no dropout, gradients still flow
+    with torch.no_grad():
+        for layer in module.svd_layers.values():
+            layer.lora_lambda.normal_()
+    ids = torch.randint(0, 100, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    params = module.trainable_parameters()
+    folded = module(ids, mask)
+    folded_grads = torch.autograd.grad(folded.square().sum(), params)
+    per_layer = PEFTModule._forward(module, ids, mask)  # the base forward: λ inside each layer
+    per_layer_grads = torch.autograd.grad(per_layer.square().sum(), params)
+    torch.testing.assert_close(folded, per_layer, atol=1e-12, rtol=1e-10)
+    for got, want in zip(folded_grads, per_layer_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-9)

@@ -20,12 +20,14 @@ the next allocation; from step T − t_f on the final mask is re-applied after e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from pefthub.adapters.frozen_linear import FrozenLinearWrapper
 from pefthub.adapters.lowrank_update import adapted_linear, dropout_probability
@@ -61,6 +63,7 @@ class SVDLinear(FrozenLinearWrapper):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fast_cpu_kernels = True  # see pefthub.adapters.lowrank_update; PEFTModule sets it from model.fast_cpu_kernels
         self._transposed: dict[str, torch.Tensor] = {}  # adapted_linear's cache of transposed views
+        self.folded_P: torch.Tensor | None = None  # P diag(λ) for the current forward (singular_values_folded)
         weight = base.weight
         kwargs = {"dtype": weight.dtype, "device": weight.device}
         self.lora_P = nn.Parameter(torch.empty(base.out_features, rank, **kwargs))  # left singular vectors
@@ -105,13 +108,72 @@ class SVDLinear(FrozenLinearWrapper):
         return (self.lora_P * self.lora_lambda) @ self.lora_Q * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # P diag(λ) of this forward when the owner made it for all layers at once
+        # (:func:`singular_values_folded`), else λ enters the layer's own function
+        if self.folded_P is not None:
+            B, lam = self.folded_P, None  # noqa: N806
+        else:
+            B, lam = self.lora_P, self.lora_lambda  # noqa: N806
         return adapted_linear(
-            x, self.base.weight, self.base.bias, self.lora_Q, self.lora_P, self.scaling, lam=self.lora_lambda,
+            x, self.base.weight, self.base.bias, self.lora_Q, B, self.scaling, lam=lam,
             dropout=dropout_probability(self.dropout), training=self.training, fast_cpu_kernels=self.fast_cpu_kernels, cache=self._transposed,
         )
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, init_rank={self.init_rank}, active_rank={self.active_rank}, alpha={self.alpha}"
+
+
+class _FoldSingularValues(torch.autograd.Function):
+    """``B_m = P_m diag(λ_m)`` for every layer m in one multi-tensor op, and its backward:
+
+        ∂L/∂P_m = ∂L/∂B_m diag(λ_m),    ∂L/∂λ_m = Σ_k (∂L/∂B_m ⊙ P_m)_k,:
+
+    (column sums batched per shape). With λ folded into B, each layer runs LoRA's fused
+    function unchanged; λ in the layer itself costs ~4 aten ops per layer and step."""
+
+    @staticmethod
+    def forward(ctx, count: int, *tensors: torch.Tensor):  # noqa: ANN205
+        ps, lams = tensors[:count], tensors[count:]
+        ctx.save_for_backward(*tensors)
+        ctx.count = count
+        return tuple(torch._foreach_mul(ps, lams))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads: torch.Tensor):  # noqa: ANN205
+        saved = ctx.saved_tensors
+        ps, lams = saved[: ctx.count], saved[ctx.count :]
+        grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, ps, strict=True)]
+        grad_ps = torch._foreach_mul(grads, lams)
+        products = torch._foreach_mul(grads, ps)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, product in enumerate(products):
+            groups.setdefault(tuple(product.shape), []).append(index)
+        grad_lams: list[torch.Tensor | None] = [None] * len(products)
+        for indices in groups.values():
+            sums = torch.stack([products[i] for i in indices]).sum(1).unbind(0)
+            for i, column_sum in zip(indices, sums, strict=True):
+                grad_lams[i] = column_sum
+        return (None, *grad_ps, *grad_lams)
+
+
+@contextmanager
+def singular_values_folded(layers: Iterable[SVDLinear]):
+    """Within the block, every layer's forward uses ``P diag(λ)`` computed for all layers at once
+    (:class:`_FoldSingularValues`). Not while tracing or compiling (the layers then use their
+    plain composition)."""
+    layers = list(layers)
+    if not layers or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        yield
+        return
+    folded = _FoldSingularValues.apply(len(layers), *(layer.lora_P for layer in layers), *(layer.lora_lambda for layer in layers))
+    for layer, tensor in zip(layers, folded, strict=True):
+        layer.folded_P = tensor
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.folded_P = None
 
 
 def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear], form: str = "mean_norm") -> torch.Tensor:

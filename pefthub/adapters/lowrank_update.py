@@ -63,7 +63,10 @@ def fast_cpu_dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, floa
 class _AdaptedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, lam, scaling: float, p: float, fast_cpu: bool, transposed):  # noqa: ANN001, ANN205, N803
-        weight_t, A_t, B_t = transposed if transposed is not None else (weight.t(), A.t(), B.t())  # noqa: N806
+        weight_t, A_t, B_t = transposed if transposed is not None else (None, None, None)  # noqa: N806
+        weight_t = weight.t() if weight_t is None else weight_t
+        A_t = A.t() if A_t is None else A_t  # noqa: N806
+        B_t = B.t() if B_t is None else B_t  # noqa: N806
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
         mask = None
         if p > 0:
@@ -176,7 +179,9 @@ def adapted_linear(
             return _AdaptedLinear.apply(x, weight, bias, A, B, lam, float(scaling), p, fast_cpu_kernels, None)
     transposed = None
     if cache is not None:
-        transposed = (cached_transpose(cache, "weight", weight), cached_transpose(cache, "A", A), cached_transpose(cache, "B", B))
+        # a B made in this forward (AdaLoRA's P diag(λ)) is transposed inside the function
+        transposed = (cached_transpose(cache, "weight", weight), cached_transpose(cache, "A", A),
+                      cached_transpose(cache, "B", B) if B.is_leaf else None)
     return _AdaptedLinear.apply(x, weight, bias, A, B, lam, float(scaling), p, fast_cpu_kernels, transposed)
 
 

@@ -32,6 +32,7 @@ from pefthub.adapters.adalora import (
     export_as_lora,
     orthogonal_regularization,
     orthogonal_regularization_gradients,
+    singular_values_folded,
 )
 from pefthub.adapters.inject import AdapterSite, find_targets, inject_adapters
 from pefthub.adapters.io import save_adapter
@@ -131,6 +132,10 @@ class AdaLoRAModule(PEFTModule):
         )
         self.svd_layers = {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
         self.allocator = RankAllocator(self.svd_layers, target_rank=self.target_rank, **self.schedule)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        with singular_values_folded(self.svd_layers.values()):
+            return super()._forward(input_ids, attention_mask, token_type_ids)
 
     def penalty(self) -> torch.Tensor | None:
         """γ · R(P, Q), differentiable (see :func:`~pefthub.adapters.adalora.orthogonal_regularization`).
