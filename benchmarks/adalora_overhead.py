@@ -77,6 +77,7 @@ def main() -> None:
         if extra is not None:
             loss = loss + extra
         loss.backward()
+        module.apply_penalty_gradients()  # AdaLoRA's orthogonality term, as on_after_backward adds it in a run
         optimizer.step()
         if method == "adalora" and timed_index is not None:
             allocator_start = time.perf_counter()

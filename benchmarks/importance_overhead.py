@@ -54,6 +54,7 @@ class Variant:
         if extra is not None:
             loss = loss + extra
         loss.backward()
+        self.module.apply_penalty_gradients()  # FW/IW-LoRA's penalty, as on_after_backward adds it in a run
         if self.estimator is not None:
             self.estimator.observe_step()
         self.optimizer.step()
