@@ -176,18 +176,13 @@ def singular_values_folded(layers: Iterable[SVDLinear]):
             layer.folded_P = None
 
 
-def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear], form: str = "mean_norm") -> torch.Tensor:
-    """R(P, Q) over all AdaLoRA layers; the loss adds γ · R.
+def _orthogonality_deviations(
+    layers: Mapping[str, SVDLinear] | list[SVDLinear], form: str
+) -> list[tuple[str, list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """Per kind and shape of matrix: ``(kind, matrices, stacked, QQᵀ − I or PᵀP − I)``.
 
-    - ``"mean_norm"`` (HF PEFT's ``AdaLoraModel.forward`` and the authors' released
-      ``compute_orth_regu``): the mean, over the 2L matrices, of the *unsquared* norms
-      ``‖QQᵀ − I‖_F`` and ``‖PᵀP − I‖_F``;
-    - ``"sum_squared"`` (the paper's equation): Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F.
-
-    Every triplet counts, masked ones included (as in PEFT). Matrices of one shape are stacked
-    and handled by one batched product (``bmm``): a handful of ops per shape instead of about
-    ten per matrix (the step is launch-bound on a GPU).
-    """
+    Matrices of one shape are stacked and handled by one batched product (``bmm``): a handful
+    of ops per shape instead of about ten per matrix (the step is launch-bound on a GPU)."""
     if form not in ORTH_REG_FORMS:
         raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {form!r}")
     modules = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
@@ -197,15 +192,34 @@ def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear],
     for layer in modules:
         groups.setdefault(("Q", tuple(layer.lora_Q.shape)), []).append(layer.lora_Q)
         groups.setdefault(("P", tuple(layer.lora_P.shape)), []).append(layer.lora_P)
-    terms = []
+    result = []
     for (kind, _), matrices in groups.items():
         stacked = torch.stack(matrices)
         # Q Qᵀ for the rows of Q, Pᵀ P for the columns of P: both r × r
         cov = torch.bmm(stacked, stacked.transpose(1, 2)) if kind == "Q" else torch.bmm(stacked.transpose(1, 2), stacked)
-        deviation = cov - torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        terms.append(torch.linalg.matrix_norm(deviation) if form == "mean_norm" else deviation.pow(2).sum((1, 2)))
-    norms = torch.cat(terms) if len(terms) > 1 else terms[0]
-    return norms.mean() if form == "mean_norm" else norms.sum()
+        result.append((kind, matrices, stacked, cov - torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)))
+    return result
+
+
+def _orthogonality_total(terms: list[torch.Tensor], form: str) -> torch.Tensor:
+    values = torch.cat(terms) if len(terms) > 1 else terms[0]
+    return values.mean() if form == "mean_norm" else values.sum()
+
+
+def orthogonal_regularization(layers: Mapping[str, SVDLinear] | list[SVDLinear], form: str = "mean_norm") -> torch.Tensor:
+    """R(P, Q) over all AdaLoRA layers; the loss adds γ · R.
+
+    - ``"mean_norm"`` (HF PEFT's ``AdaLoraModel.forward`` and the authors' released
+      ``compute_orth_regu``): the mean, over the 2L matrices, of the *unsquared* norms
+      ``‖QQᵀ − I‖_F`` and ``‖PᵀP − I‖_F``;
+    - ``"sum_squared"`` (the paper's equation): Σ_layers ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F.
+
+    Every triplet counts, masked ones included (as in PEFT). Matrices of one shape are handled
+    together (:func:`_orthogonality_deviations`).
+    """
+    deviations = _orthogonality_deviations(layers, form)
+    norm = torch.linalg.matrix_norm if form == "mean_norm" else (lambda d: d.pow(2).sum((1, 2)))
+    return _orthogonality_total([norm(deviation) for _, _, _, deviation in deviations], form)
 
 
 @torch.no_grad()
@@ -224,21 +238,10 @@ def orthogonal_regularization_gradients(
     it adds no backward ops and no second gradient path into P and Q (a GPU step is
     launch-bound). A zero ‖D‖ gives a zero gradient, as autograd's norm does.
     """
-    if form not in ORTH_REG_FORMS:
-        raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {form!r}")
-    modules = list(layers.values()) if isinstance(layers, Mapping) else list(layers)
-    if not modules:
-        raise ValueError("orthogonal_regularization needs at least one SVDLinear layer")
-    groups: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
-    for layer in modules:
-        groups.setdefault(("Q", tuple(layer.lora_Q.shape)), []).append(layer.lora_Q)
-        groups.setdefault(("P", tuple(layer.lora_P.shape)), []).append(layer.lora_P)
-    count = 2 * len(modules)
+    deviations = _orthogonality_deviations(layers, form)
+    count = sum(len(matrices) for _, matrices, _, _ in deviations)
     values, params, grads = [], [], []
-    for (kind, _), matrices in groups.items():
-        stacked = torch.stack(matrices)
-        cov = torch.bmm(stacked, stacked.transpose(1, 2)) if kind == "Q" else torch.bmm(stacked.transpose(1, 2), stacked)
-        deviation = cov - torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    for kind, matrices, stacked, deviation in deviations:
         if form == "mean_norm":
             norms = torch.linalg.matrix_norm(deviation)
             values.append(norms)
@@ -249,8 +252,7 @@ def orthogonal_regularization_gradients(
         grad = torch.bmm(deviation, stacked) if kind == "Q" else torch.bmm(stacked, deviation)
         params.extend(matrices)
         grads.extend(grad.unbind(0))
-    value = torch.cat(values) if len(values) > 1 else values[0]
-    return (value.mean() if form == "mean_norm" else value.sum()), params, grads
+    return _orthogonality_total(values, form), params, grads
 
 
 # --------------------------------------------------------------------------- rank allocation
@@ -354,6 +356,7 @@ class RankAllocator:
         self.keys = [f"{name}.{local}" for name in self.names for local in ("lora_P", "lora_lambda", "lora_Q")]
         self._sensitivity: list[torch.Tensor] = []
         self._uncertainty: list[torch.Tensor] = []
+        self._mean_orders: dict = {}  # _grouped_mean's inverse permutations, by (order, device)
 
     # ------------------------------------------------------------------ schedule
 
@@ -469,8 +472,7 @@ class RankAllocator:
             return torch.cat([adalora_triplet_scores(p, lam, q) for p, lam, q in zip(score_P, score_lam, score_Q, strict=True)])
         return torch.stack(score_lam) + (self._grouped_mean(score_Q, 1) + self._grouped_mean(score_P, 0))
 
-    @staticmethod
-    def _grouped_mean(tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
+    def _grouped_mean(self, tensors: list[torch.Tensor], dim: int) -> torch.Tensor:
         """``torch.stack([t.mean(dim) for t in tensors])`` with one stacked mean per shape."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for index, tensor in enumerate(tensors):
@@ -478,10 +480,14 @@ class RankAllocator:
         if len(groups) == 1:
             return torch.stack(tensors).mean(dim + 1)
         means = torch.cat([torch.stack([tensors[i] for i in idx]).mean(dim + 1) for idx in groups.values()])
-        order = [i for idx in groups.values() for i in idx]
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return means.index_select(0, inverse.to(means.device))
+        order = tuple(i for idx in groups.values() for i in idx)
+        key = (order, means.device)
+        if key not in self._mean_orders:  # built once: no host-to-device copy per allocation
+            inverse = [0] * len(order)
+            for position, index in enumerate(order):
+                inverse[index] = position
+            self._mean_orders[key] = torch.tensor(inverse, dtype=torch.long, device=means.device)
+        return means.index_select(0, self._mean_orders[key])
 
     def triplet_scores(self) -> dict[str, torch.Tensor]:
         """S_i per layer (shape (r0,)), from the current statistics."""

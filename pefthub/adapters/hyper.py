@@ -48,9 +48,10 @@ from torch.autograd.function import once_differentiable
 
 from pefthub.adapters.frozen_linear import FrozenLinearWrapper
 from pefthub.adapters.lowrank_update import (
+    adapter_dropout,
+    adapter_dropout_backward,
     cached_transpose,
     dropout_probability,
-    fast_cpu_dropout_mask,
 )
 
 # Width- and family-agnostic module types the mixer is conditioned on.
@@ -395,6 +396,8 @@ class HyperShared(nn.Module):
         self._handles: list = []
         self._sites: list[tuple[int, int]] = []  # (depth, type index) of each HyperLinear, by site index
         self._site_widths: list[tuple[int, int]] = []  # (d_in, d_out) of each site
+        self._block_site_lists: dict[int, list[int]] = {}  # depth -> site indices, in order
+        self._width_users: dict[tuple[str, int], list[int]] = {}  # ("in"|"out", width) -> site indices
         self._constants: dict = {}  # device-side index/code tensors, built once per device
 
     # ------------------------------------------------------------------ config
@@ -549,10 +552,14 @@ class HyperShared(nn.Module):
 
     def register_site(self, depth: int, type_index: int, d_in: int = 0, d_out: int = 0) -> int:
         """Record a layer's (block, module type, widths); returns its site index (its mixer row)."""
+        site = len(self._sites)
         self._sites.append((int(depth), int(type_index)))
         self._site_widths.append((int(d_in), int(d_out)))
+        self._block_site_lists.setdefault(int(depth), []).append(site)
+        self._width_users.setdefault(("in", int(d_in)), []).append(site)
+        self._width_users.setdefault(("out", int(d_out)), []).append(site)
         self._constants.clear()
-        return len(self._sites) - 1
+        return site
 
     def folded_for_site(self, site: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(Ṽ(d_in), Ũ(d_out), Ṽ(d_in)ᵀ, Ũ(d_out)ᵀ)`` for one site, the dense path's operands.
@@ -569,7 +576,7 @@ class HyperShared(nn.Module):
         )
 
     def _distributed(self, side: str, width: int, site: int) -> torch.Tensor:
-        users = [i for i, widths in enumerate(self._site_widths) if widths[0 if side == "in" else 1] == width]
+        users = self._width_users[(side, width)]
         fold = self.folded_in if side == "in" else self.folded_out
 
         def split() -> tuple[torch.Tensor, ...]:
@@ -618,21 +625,15 @@ class HyperShared(nn.Module):
         site of the block at once (one scatter, one product) when the block was routed in this
         forward; for a layer called on its own, from a routing of ``x``."""
         routed = self._routing.get(depth)
-        if routed is None or routed[0].shape[:-1] != x.shape[:-1] or depth not in self._block_sites():
+        if routed is None or routed[0].shape[:-1] != x.shape[:-1] or depth not in self._block_site_lists:
             indices, gates = self.routing_for(depth, x)
             dense = torch.zeros(*gates.shape[:-1], self.num_atoms, dtype=gates.dtype, device=gates.device)
             return (dense.scatter(-1, indices, gates) * self.mixer_row(site)).reshape(-1, self.num_atoms)
-        sites = self._block_sites()[depth]
+        sites = self._block_site_lists[depth]
         key = ("gm", depth, self._forward_id)  # input-dependent: never reused across forwards
         if key not in self._step_cache:
             self._step_cache[key] = self._block_gated_mixer(depth, routed, sites)
         return self._step_cache[key][sites.index(site)]
-
-    def _block_sites(self) -> dict[int, list[int]]:
-        blocks: dict[int, list[int]] = {}
-        for site, (depth, _) in enumerate(self._sites):
-            blocks.setdefault(depth, []).append(site)
-        return blocks
 
     def _block_gated_mixer(self, depth: int, routed: tuple[torch.Tensor, torch.Tensor], sites: list[int]) -> tuple[torch.Tensor, ...]:
         indices, gates = routed
@@ -739,16 +740,7 @@ class _DenseGatedUpdate(torch.autograd.Function):
     def forward(ctx, x, weight, bias, folded_in, folded_out, gated, scale: float, p: float, fast_cpu: bool, transposed):  # noqa: ANN001, ANN205
         weight_t, folded_in_t, folded_out_t = transposed if transposed is not None else (weight.t(), folded_in.t(), folded_out.t())
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        mask = None
-        inverse_keep = 1.0
-        if p > 0:
-            if fast_cpu and x2.device.type == "cpu":
-                mask, inverse_keep = fast_cpu_dropout_mask(x2, p)
-                xd = x2 * mask
-            else:
-                xd, mask = torch.ops.aten.native_dropout(x2, p, True)
-        else:
-            xd = x2
+        xd, mask, inverse_keep, fast = adapter_dropout(x2, p, fast_cpu)
         out = torch.addmm(bias, x2, weight_t) if bias is not None else torch.mm(x2, weight_t)
         responses = torch.mm(xd, folded_in_t)  # a = x̃ Ṽᵀ, (N, M)
         if inverse_keep != 1.0:
@@ -756,8 +748,7 @@ class _DenseGatedUpdate(torch.autograd.Function):
         coefficients = responses * gated
         out.addmm_(coefficients, folded_out, alpha=scale)
         ctx.save_for_backward(weight, folded_in, folded_out_t, gated, xd, mask, responses, coefficients)
-        ctx.scale, ctx.p, ctx.inverse_keep = scale, p, inverse_keep
-        ctx.fast_cpu = fast_cpu and x2.device.type == "cpu"
+        ctx.scale, ctx.p, ctx.inverse_keep, ctx.fast_cpu = scale, p, inverse_keep, fast
         ctx.x_shape = x.shape
         if mask is not None:
             ctx.mark_non_differentiable(mask)
@@ -782,9 +773,7 @@ class _DenseGatedUpdate(torch.autograd.Function):
             if need_in:
                 grad_in = torch.mm(grad_a.t(), xd)
             if need_x:
-                grad_x = torch.mm(grad_a, folded_in)
-                if mask is not None:
-                    grad_x = grad_x * mask if ctx.fast_cpu else torch.ops.aten.native_dropout_backward(grad_x, mask, 1.0 / (1.0 - ctx.p))
+                grad_x = adapter_dropout_backward(torch.mm(grad_a, folded_in), mask, ctx.p, ctx.fast_cpu)
                 grad_x = torch.addmm(grad_x, g, weight)
                 if len(ctx.x_shape) != 2:
                     grad_x = grad_x.view(ctx.x_shape)

@@ -60,6 +60,29 @@ def fast_cpu_dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, floa
     return values.view(x.shape) < threshold - _MASK_LEVELS // 2, _MASK_LEVELS / threshold
 
 
+def adapter_dropout(x2: torch.Tensor, p: float, fast_cpu: bool) -> tuple[torch.Tensor, torch.Tensor | None, float, bool]:
+    """The adapter input's dropout inside a fused function: ``(x̃, mask, inverse_keep, fast)``.
+
+    ``fast`` (``fast_cpu`` on a CPU tensor): x̃ = x ⊙ mask from :func:`fast_cpu_dropout_mask`,
+    *unscaled*; the caller folds ``inverse_keep`` = 1 / P(keep) into its own scaling. Otherwise
+    torch's kernel (``native_dropout``: x̃ already scaled, ``inverse_keep`` = 1). ``p = 0``: x."""
+    fast = fast_cpu and x2.device.type == "cpu"
+    if p <= 0:
+        return x2, None, 1.0, fast
+    if fast:
+        mask, inverse_keep = fast_cpu_dropout_mask(x2, p)
+        return x2 * mask, mask, inverse_keep, fast
+    xd, mask = torch.ops.aten.native_dropout(x2, p, True)
+    return xd, mask, 1.0, fast
+
+
+def adapter_dropout_backward(grad: torch.Tensor, mask: torch.Tensor | None, p: float, fast: bool) -> torch.Tensor:
+    """∂L/∂x through :func:`adapter_dropout` (the fast path's scale is the caller's, as in forward)."""
+    if mask is None:
+        return grad
+    return grad * mask if fast else torch.ops.aten.native_dropout_backward(grad, mask, 1.0 / (1.0 - p))
+
+
 class _AdaptedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, lam, scaling: float, p: float, fast_cpu: bool, transposed):  # noqa: ANN001, ANN205, N803
@@ -68,22 +91,14 @@ class _AdaptedLinear(torch.autograd.Function):
         A_t = A.t() if A_t is None else A_t  # noqa: N806
         B_t = B.t() if B_t is None else B_t  # noqa: N806
         x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
-        mask = None
-        if p > 0:
-            if fast_cpu and x2.device.type == "cpu":
-                mask, inverse_keep = fast_cpu_dropout_mask(x2, p)
-                xd = x2 * mask
-                scaling = scaling * inverse_keep
-            else:
-                xd, mask = torch.ops.aten.native_dropout(x2, p, True)
-        else:
-            xd = x2
+        xd, mask, inverse_keep, fast = adapter_dropout(x2, p, fast_cpu)
+        scaling = scaling * inverse_keep
         out = torch.addmm(bias, x2, weight_t) if bias is not None else torch.mm(x2, weight_t)
         h = torch.mm(xd, A_t)
         h_lam = h * lam if lam is not None else h
         out.addmm_(h_lam, B_t, alpha=scaling)
         ctx.save_for_backward(weight, A, B, lam, xd, mask, h, h_lam if lam is not None else None)
-        ctx.scaling, ctx.p, ctx.fast_cpu = scaling, p, fast_cpu and x2.device.type == "cpu"
+        ctx.scaling, ctx.p, ctx.fast_cpu = scaling, p, fast
         ctx.x_shape = x.shape
         if mask is not None:
             ctx.mark_non_differentiable(mask)
@@ -112,9 +127,7 @@ class _AdaptedLinear(torch.autograd.Function):
             if need_A:
                 grad_A = torch.mm(grad_h.t(), xd)  # noqa: N806
             if need_x:
-                grad_x = torch.mm(grad_h, A)
-                if mask is not None:
-                    grad_x = grad_x * mask if ctx.fast_cpu else torch.ops.aten.native_dropout_backward(grad_x, mask, 1.0 / (1.0 - ctx.p))
+                grad_x = adapter_dropout_backward(torch.mm(grad_h, A), mask, ctx.p, ctx.fast_cpu)
                 grad_x = torch.addmm(grad_x, g, weight)
                 if len(ctx.x_shape) != 2:
                     grad_x = grad_x.view(ctx.x_shape)

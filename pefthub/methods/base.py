@@ -265,7 +265,7 @@ class PEFTModule(LightningModule):
         on an accelerator it is a host sync (the launch queue drains), so it happens on logging
         steps only (``trainer.log_every_n_steps``, when Lightning reads the loss anyway): a
         non-finite loss is then caught within that many steps."""
-        if self._trainer is None or not isinstance(self.device, torch.device) or self.device.type == "cpu":
+        if self._trainer is None or self.device.type == "cpu":
             return True
         return is_logging_step(self.trainer)
 
