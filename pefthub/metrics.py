@@ -71,12 +71,35 @@ class EntityScore(Metric):
 
         if not self.lengths:
             return torch.tensor(0.0)
+        y_true, y_pred = self._tag_sequences()
+        scorer = {"f1": f1_score, "precision": precision_score, "recall": recall_score}[self.score]
+        return torch.tensor(float(scorer(y_true, y_pred, average="micro", zero_division=0)))
+
+    def _tag_sequences(self) -> tuple[list[list[str]], list[list[str]]]:
+        """(gold, predicted) tag-name sequences, one per example."""
         lengths = dim_zero_cat(self.lengths).tolist()
         names = self.label_names
         y_pred = [[names[i] for i in row.tolist()] for row in dim_zero_cat(self.preds).split(lengths)]
         y_true = [[names[i] for i in row.tolist()] for row in dim_zero_cat(self.target).split(lengths)]
-        scorer = {"f1": f1_score, "precision": precision_score, "recall": recall_score}[self.score]
-        return torch.tensor(float(scorer(y_true, y_pred, average="micro", zero_division=0)))
+        return y_true, y_pred
+
+
+class EntityTypeF1(EntityScore):
+    """Entity-level F1 of each entity type (seqeval's per-type report, same matching rule as
+    :class:`EntityScore`): ``compute`` returns ``{type: F1}`` for every type that occurs in the
+    gold or predicted tags (0 where a type is never predicted correctly)."""
+
+    def __init__(self, label_names: Sequence[str], **kwargs) -> None:
+        super().__init__(label_names, "f1", **kwargs)
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        from seqeval.metrics import classification_report
+
+        if not self.lengths:
+            return {}
+        y_true, y_pred = self._tag_sequences()
+        report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+        return {name: torch.tensor(float(row["f1-score"])) for name, row in report.items() if "avg" not in name}
 
 
 def build_metrics(task_type: str, num_labels: int, label_names: Sequence[str] | None = None) -> MetricCollection:

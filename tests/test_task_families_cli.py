@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {
     "sentence": ("amazon", ["test/accuracy", "test/f1_macro", "test/mcc"]),
     "pair": ("boolq", ["test/accuracy", "test/f1_macro"]),
-    "token": ("ner", ["test/accuracy", "test/entity_f1", "test/entity_precision", "test/entity_recall"]),
+    "token": ("ner", ["test/accuracy", "test/entity_f1", "test/entity_precision", "test/entity_recall", "test/entity_f1/person"]),
 }
 
 

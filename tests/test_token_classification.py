@@ -11,7 +11,7 @@ import torch
 from pefthub.backbones import PACKAGED_MODELS, load_tokenizer
 from pefthub.data import TokenClassificationDataModule
 from pefthub.data.token import align_labels
-from pefthub.metrics import EntityScore, build_metrics
+from pefthub.metrics import EntityScore, EntityTypeF1, build_metrics
 
 NAMES = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 ID = {name: i for i, name in enumerate(NAMES)}
@@ -168,3 +168,17 @@ def test_token_head_gives_per_token_logits_and_ignores_minus_100_in_the_loss():
     out = model.predict_step({**batch, "labels": labels}, 0)
     assert [len(p) for p in out["prediction"]] == [2, 1]
     assert all(name in NAMES for row in out["label"] for name in row)
+
+
+def test_per_type_entity_f1_matches_the_hand_computed_example_and_seqeval():
+    from seqeval.metrics import classification_report
+
+    metric = EntityTypeF1(NAMES)
+    for preds, target in _batches():
+        metric.update(preds, target)
+    per_type = {name: value.item() for name, value in metric.compute().items()}
+    # PER: gold 2, predicted 1 correct -> P 1, R 1/2, F1 2/3; ORG: partial boundary -> 0;
+    # LOC: gold 1 missed + 1 wrong-type prediction -> 0
+    assert per_type == pytest.approx({"PER": 2 / 3, "ORG": 0.0, "LOC": 0.0}, abs=1e-6)
+    report = classification_report(GOLD, PRED, output_dict=True, zero_division=0)
+    assert per_type == pytest.approx({k: v["f1-score"] for k, v in report.items() if "avg" not in k}, abs=1e-6)

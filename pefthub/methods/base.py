@@ -28,7 +28,7 @@ from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.callbacks.rng import RNGState
 from pefthub.callbacks.timing import StepTimer
 from pefthub.checkpoint_io import read_checkpoint, saved_tensor_names
-from pefthub.metrics import build_metrics
+from pefthub.metrics import EntityTypeF1, build_metrics
 
 
 class NonFiniteLossError(RuntimeError):
@@ -162,6 +162,8 @@ class PEFTModule(LightningModule):
         self.head = nn.Linear(hidden_size(self.backbone), num_labels)
         self.val_metrics = build_metrics(task_type, num_labels, self.label_names).clone(prefix="val/")
         self.test_metrics = build_metrics(task_type, num_labels, self.label_names).clone(prefix="test/")
+        # token tasks: entity F1 per type at test time, logged as test/entity_f1/<type>
+        self.test_entity_types = EntityTypeF1(self.label_names) if task_type == "token_classification" else None
 
         self.build_adapters()
         for module in self.backbone.modules():
@@ -318,6 +320,8 @@ class PEFTModule(LightningModule):
             return
         loss = self.task_loss(logits, batch["labels"])
         metrics.update(logits.argmax(-1), batch["labels"])
+        if stage == "test" and self.test_entity_types is not None:
+            self.test_entity_types.update(logits.argmax(-1), batch["labels"])
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
 
@@ -326,6 +330,12 @@ class PEFTModule(LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        if self.test_entity_types is not None and self.test_entity_types.update_count:
+            per_type = self.test_entity_types.compute()
+            self.log_dict({f"test/entity_f1/{name}": value for name, value in per_type.items()}, sync_dist=False)
+            self.test_entity_types.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         probabilities = self._logits(batch).softmax(-1)
