@@ -380,7 +380,7 @@ class GridRunner:
                     run = started.run
                     row = rows[run.run_id] = self._finish(started, code)
                     if row["status"] == "ok":
-                        outer.write(f"done  {run.run_id}: {run.primary_metric}={row['primary_value']:.4f} in {row['wall_time_s']:.1f} s")
+                        outer.write(f"done  {run.run_id}: {row.get('primary_metric', run.primary_metric)}={row['primary_value']:.4f} in {row['wall_time_s']:.1f} s")
                     else:
                         failures += 1
                         outer.write(f"FAIL  {run.run_id}: {row['status']}; log: {run.run_dir / LOG_NAME}")

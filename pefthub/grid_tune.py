@@ -8,7 +8,7 @@ Experiment file::
         model.optimizer.lr: {low: 1.0e-4, high: 3.0e-2, log: true}   # a float range
         model.dropout: [0.0, 0.1]                                   # or a list of choices
       trials: 8                     # per study (default: every combination for `grid`, else 8)
-      sampler: tpe                  # tpe | random | grid (grid: lists only)
+      sampler: tpe                  # tpe | random | grid (grid: lists only; every combination once, in order)
       seed: 0                       # the trials' training seed and the sampler's seed (default: the first seed)
       metric: val/accuracy          # default: val/<the task's primary metric>
       direction: maximize           # maximize | minimize
@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Callable
@@ -116,9 +117,7 @@ def load_tune(block: Any, where: str, default_seed: int) -> TuneSpec | None:
 def _sampler(spec: TuneSpec):
     import optuna
 
-    if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(dict(spec.params), seed=spec.seed)
-    if spec.sampler == "random":
+    if spec.sampler in ("grid", "random"):  # grid: every combination is enqueued (see tune_runs)
         return optuna.samplers.RandomSampler(seed=spec.seed)
     return optuna.samplers.TPESampler(seed=spec.seed)
 
@@ -208,7 +207,14 @@ def tune_runs(runs: list[RunSpec], spec: TuneSpec, folder: Path, make_runner: Ca
                                    sampler=_sampler(spec), load_if_exists=True)
         for group in bases
     }
-    running = optuna.trial.TrialState.RUNNING
+    if spec.sampler == "grid":  # Optuna's GridSampler stops the study from inside `tell`, which ask/tell cannot take
+        combinations = [dict(zip(spec.params, values, strict=True)) for values in itertools.product(*spec.params.values())]
+        for study in studies.values():
+            for params in combinations[: spec.trials]:
+                study.enqueue_trial(params, skip_if_exists=True)
+    states = optuna.trial.TrialState
+    running = states.RUNNING
+    spent = (states.COMPLETE, states.PRUNED, states.FAIL, running)  # an enqueued (WAITING) trial is not spent yet
     while True:
         batch: list[tuple[str, int, dict[str, Any]]] = []
         for group, study in studies.items():  # trials a killed grid left running: run them again
@@ -221,7 +227,7 @@ def tune_runs(runs: list[RunSpec], spec: TuneSpec, folder: Path, make_runner: Ca
         while asked and len(batch) < jobs:
             asked = False
             for group, study in studies.items():
-                if len(batch) < jobs and len(study.get_trials(deepcopy=False)) < spec.trials:
+                if len(batch) < jobs and len(study.get_trials(deepcopy=False, states=spent)) < spec.trials:
                     trial = study.ask()
                     batch.append((group, trial.number, _suggest(trial, spec)))
                     asked = True
