@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,13 @@ from pefthub.grid import (
     validate,
 )
 from pefthub.grid import main as grid_main
+from pefthub.grid_launch import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "experiments" / "tiny.yaml"
 EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
 WALL_S: dict[str, float] = {}  # wall time of the tiny grid with --jobs 1 (the fixture), for the --jobs 2 comparison
+LOAD: dict[str, float] = {}  # the 1-minute load average when it ended
 
 
 def _grid_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -181,6 +184,7 @@ def tiny_grid(tmp_path_factory) -> Path:
     start = time.perf_counter()
     result = _grid_cli(["-c", str(TINY), "--runs-dir", str(work / "runs")], work)
     WALL_S["jobs1"] = time.perf_counter() - start
+    LOAD["jobs1"] = os.getloadavg()[0]
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stdout.count("done  ") == 4
     return work / "runs" / "tiny"
@@ -278,7 +282,17 @@ def test_jobs_2_gives_the_same_results_as_jobs_1_and_finishes_sooner(tiny_grid, 
     for a, b in zip(one, two, strict=True):
         assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["run_id"]
         assert b["omp_num_threads"] == str(threads_per_run(2, cap=os.environ.get("OMP_NUM_THREADS")))
-    assert wall < WALL_S["jobs1"], f"--jobs 2 took {wall:.1f} s, --jobs 1 {WALL_S['jobs1']:.1f} s"
+    # the runs overlapped: the grid took well under the sum of its runs' own wall times
+    serial = sum(float(r["wall_time_s"]) for r in two)
+    assert wall < 0.8 * serial, f"--jobs 2 took {wall:.1f} s for runs of {serial:.1f} s in all: they did not overlap"
+    # and, where the machine has the cores to spare, sooner than one at a time; on a machine
+    # already busier than its cores (other work), two runs at once just take twice as long each
+    busy = max(LOAD["jobs1"], os.getloadavg()[0]) > usable_cores()
+    if not busy:
+        assert wall < WALL_S["jobs1"], f"--jobs 2 took {wall:.1f} s, --jobs 1 {WALL_S['jobs1']:.1f} s"
+    elif wall >= WALL_S["jobs1"]:
+        warnings.warn(f"machine overloaded (load {os.getloadavg()[0]:.1f} on {usable_cores()} cores): --jobs 2 took "
+                      f"{wall:.1f} s, --jobs 1 {WALL_S['jobs1']:.1f} s", stacklevel=1)
 
 
 def _processes_running(path: str) -> list[int]:
