@@ -360,6 +360,21 @@ def test_ray_launcher_runs_a_tiny_grid_on_a_local_instance(tiny_grid, tmp_path):
         assert (Path(row["run_dir"]) / "adapter" / "adapter.safetensors").is_file()
 
 
+@pytest.mark.gpu
+def test_jobs_2_packs_two_runs_onto_one_gpu(tmp_path):
+    """On a GPU machine: two runs at once, each pinned to a GPU round-robin (both on GPU 0 when
+    there is one), with the GPU named in the results."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    code, out, err = _grid(["-c", str(TINY), "--runs-dir", str(tmp_path), "--methods", "lora", "--jobs", "2"])
+    assert code == 0, err[-3000:]
+    gpus = [str(i) for i in range(torch.cuda.device_count())]
+    assert [line.split("gpu=")[1].rstrip(")") for line in out.splitlines() if line.startswith("start ")] == [gpus[0], gpus[1 % len(gpus)]]
+    assert all(row["gpu"] == torch.cuda.get_device_name(0) for row in _rows(tmp_path / "tiny" / "results.csv"))
+
+
 def test_thread_shares_and_gpu_packing():
     assert threads_per_run(1, cores=16) == 16 and threads_per_run(4, cores=16) == 4 and threads_per_run(3, cores=2) == 1
     assert threads_per_run(2, cores=16, cap="1") == 1 and threads_per_run(2, cores=16, cap="") == 8
