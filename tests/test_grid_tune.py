@@ -1,5 +1,6 @@
 """The grid's Optuna tuning stage: the search space checks, a real tiny search that picks the
-lr by validation, and its continuation from the SQLite study after a kill."""
+lr by validation, its continuation from the SQLite study after a kill, and the seed run that
+trains with the choice and records it in results.csv."""
 
 from __future__ import annotations
 
@@ -106,3 +107,12 @@ def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path):
     assert [(t["state"], float(t[f"param/{LR}"])) for t in trials] == [("COMPLETE", v) for v in CHOICES]
     assert all((Path(d) / "result.json").stat().st_mtime_ns == m for d, m in done.items())  # not rerun
     check(tuned, trials)
+    # the seed run trains with the chosen lr and is tested; its row records the choice
+    (row,) = GridRunner(tuned, folder / "results.csv", progress=False).run()
+    chosen = tuned[0].config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+    assert row["status"] == "ok" and "test/accuracy" in row
+    assert row[f"tuned/{LR}"] == chosen and row["tune_trials"] == 3 and row["tune_value"] == max(float(t["value"]) for t in trials)
+    with open(folder / "results.csv", newline="") as handle:
+        (stored,) = list(csv.DictReader(handle))
+    assert float(stored[f"tuned/{LR}"]) == chosen and stored["tune_metric"] == "val/accuracy"
+    assert yaml.safe_load((tuned[0].run_dir / "grid_config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == chosen
