@@ -1,5 +1,5 @@
 """`pefthub grid`: expansion, overrides, config checks, a real tiny grid (restart, failure,
-results schema), and every shipped experiment file."""
+results schema, --jobs 2, a killed grid, the Ray launcher), and every shipped experiment file."""
 
 from __future__ import annotations
 
@@ -8,27 +8,38 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pefthub.grid import (
+    CONFIG_NAME,
     FAILED_NAME,
     RESULT_NAME,
     GridConfigError,
     GridRunner,
     expand,
+    experiment_rows,
+    gpu_for_slot,
+    load_experiment,
     set_dotted,
+    threads_per_run,
     validate,
 )
 from pefthub.grid import main as grid_main
+from pefthub.grid_launch import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "experiments" / "tiny.yaml"
 EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
+WALL_S: dict[str, float] = {}  # wall time of the tiny grid with --jobs 1 (the fixture), for the --jobs 2 comparison
+LOAD: dict[str, float] = {}  # the 1-minute load average when it ended
 
 
 def _grid_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -170,7 +181,10 @@ def test_every_shipped_experiment_expands_and_each_run_parses_as_a_fit_config(ex
 def tiny_grid(tmp_path_factory) -> Path:
     """The tiny grid run for real once (4 runs of `pefthub fit` on tiny-bert, ~25 s)."""
     work = tmp_path_factory.mktemp("grid")
+    start = time.perf_counter()
     result = _grid_cli(["-c", str(TINY), "--runs-dir", str(work / "runs")], work)
+    WALL_S["jobs1"] = time.perf_counter() - start
+    LOAD["jobs1"] = os.getloadavg()[0]
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stdout.count("done  ") == 4
     return work / "runs" / "tiny"
@@ -249,6 +263,155 @@ def test_a_failing_run_is_reported_and_not_marked_finished(tmp_path):
     assert "model.rank must be >= 1" in json.loads((run_dir / FAILED_NAME).read_text())["log_tail"]
     rows = _rows(tmp_path / "tiny" / "results.csv")
     assert len(rows) == 1 and rows[0]["status"] == "failed (exit 1)"
+
+
+# ---------------------------------------------------------------------- several runs at once, kills, Ray
+
+COMPARED = ("primary_value", "test/accuracy", "test/f1_macro", "test/loss", "test/mcc", "steps", "trainable_params",
+            "adapter_params", "adapter_bytes", "flop_overhead")
+
+
+def test_jobs_2_gives_the_same_results_as_jobs_1_and_finishes_sooner(tiny_grid, tmp_path):
+    start = time.perf_counter()
+    result = _grid_cli(["-c", str(TINY), "--runs-dir", str(tmp_path / "runs"), "--jobs", "2"], tmp_path)
+    wall = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("start ") == 4 and result.stdout.count("done  ") == 4
+    one, two = _rows(tiny_grid / "results.csv"), _rows(tmp_path / "runs" / "tiny" / "results.csv")
+    assert [r["run_id"] for r in two] == [r["run_id"] for r in one]  # grid order, whatever finished first
+    for a, b in zip(one, two, strict=True):
+        assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}, a["run_id"]
+        assert b["omp_num_threads"] == str(threads_per_run(2, cap=os.environ.get("OMP_NUM_THREADS")))
+    # the runs overlapped: the grid took well under the sum of its runs' own wall times
+    serial = sum(float(r["wall_time_s"]) for r in two)
+    assert wall < 0.8 * serial, f"--jobs 2 took {wall:.1f} s for runs of {serial:.1f} s in all: they did not overlap"
+    # and, where the machine has the cores to spare, sooner than one at a time; on a machine
+    # already busier than its cores (other work), two runs at once just take twice as long each
+    busy = max(LOAD["jobs1"], os.getloadavg()[0]) > usable_cores()
+    if not busy:
+        assert wall < WALL_S["jobs1"], f"--jobs 2 took {wall:.1f} s, --jobs 1 {WALL_S['jobs1']:.1f} s"
+    elif wall >= WALL_S["jobs1"]:
+        warnings.warn(f"machine overloaded (load {os.getloadavg()[0]:.1f} on {usable_cores()} cores): --jobs 2 took "
+                      f"{wall:.1f} s, --jobs 1 {WALL_S['jobs1']:.1f} s", stacklevel=1)
+
+
+def _processes_running(path: str) -> list[int]:
+    """Ids of the processes whose command line mentions ``path`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if path.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see that no run outlives a killed grid")
+def test_a_killed_grid_leaves_no_run_behind_and_resumes_where_it_stopped(tmp_path):
+    args = ["-c", str(TINY), "--runs-dir", str(tmp_path / "runs"), "--methods", "lora"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    grid = subprocess.Popen([sys.executable, "-m", "pefthub.cli", "grid", *args, "--no-progress"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "runs" / "tiny"
+    first, second = folder / "lora__sst2__tiny-bert__s0", folder / "lora__sst2__tiny-bert__s1"
+    deadline = time.monotonic() + 300
+    while not ((first / RESULT_NAME).is_file() and (second / CONFIG_NAME).is_file()):
+        assert grid.poll() is None and time.monotonic() < deadline, "the grid ended before the second run started"
+        time.sleep(0.2)
+    grid.send_signal(signal.SIGKILL)  # no handler runs: the runs must die with their grid on their own
+    grid.wait(timeout=60)
+    config = str(second / CONFIG_NAME)
+    deadline = time.monotonic() + 30
+    while _processes_running(config) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_running(config), "a run outlived its killed grid"
+    assert not (second / RESULT_NAME).exists()
+    finished_at = (first / RESULT_NAME).stat().st_mtime_ns
+    code, out, err = _grid(args)
+    assert code == 0, err[-3000:]
+    assert out.count("skip  ") == 1 and "skip  lora__sst2__tiny-bert__s0" in out and out.count("done  ") == 1
+    assert (first / RESULT_NAME).stat().st_mtime_ns == finished_at
+    assert [r["run_id"] for r in _rows(folder / "results.csv")] == [first.name, second.name]
+
+
+def test_ray_launcher_runs_a_tiny_grid_on_a_local_instance(tiny_grid, tmp_path):
+    import ray
+
+    spec = yaml.safe_load(TINY.read_text())
+    for method in spec["methods"].values():
+        method["config"] = str(REPO / method["config"])
+    spec["ray"] = {"cpus_per_run": 1, "copy_back": True}  # copy_back: the run folder travels back as a tar
+    experiment = _write(tmp_path / "tiny.yaml", spec)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code, out, err = _grid(["-c", str(experiment), "--runs-dir", str(tmp_path / "runs"), "--launcher", "ray", "--methods", "lora"])
+    finally:
+        ray.shutdown()
+    assert code == 0, out[-2000:] + err[-3000:]
+    assert out.count("(ray task cpus=1 gpus=0)") == 2 and out.count("done  ") == 2
+    rows = _rows(tmp_path / "runs" / "tiny" / "results.csv")
+    local = {r["run_id"]: r for r in _rows(tiny_grid / "results.csv")}
+    assert [r["run_id"] for r in rows] == ["lora__sst2__tiny-bert__s0", "lora__sst2__tiny-bert__s1"]
+    for row in rows:
+        assert {k: row[k] for k in COMPARED} == {k: local[row["run_id"]][k] for k in COMPARED}
+        assert row["omp_num_threads"] == "1"
+        assert (Path(row["run_dir"]) / "adapter" / "adapter.safetensors").is_file()
+
+
+@pytest.mark.gpu
+def test_jobs_2_packs_two_runs_onto_one_gpu(tmp_path):
+    """On a GPU machine: two runs at once, each pinned to a GPU round-robin (both on GPU 0 when
+    there is one), with the GPU named in the results."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    code, out, err = _grid(["-c", str(TINY), "--runs-dir", str(tmp_path), "--methods", "lora", "--jobs", "2"])
+    assert code == 0, err[-3000:]
+    gpus = [str(i) for i in range(torch.cuda.device_count())]
+    assert [line.split("gpu=")[1].rstrip(")") for line in out.splitlines() if line.startswith("start ")] == [gpus[0], gpus[1 % len(gpus)]]
+    assert all(row["gpu"] == torch.cuda.get_device_name(0) for row in _rows(tmp_path / "tiny" / "results.csv"))
+
+
+def test_thread_shares_and_gpu_packing():
+    assert threads_per_run(1, cores=16) == 16 and threads_per_run(4, cores=16) == 4 and threads_per_run(3, cores=2) == 1
+    assert threads_per_run(2, cores=16, cap="1") == 1 and threads_per_run(2, cores=16, cap="") == 8
+    assert [gpu_for_slot(slot, ["0", "3"]) for slot in range(5)] == ["0", "3", "0", "3", "0"]
+    assert gpu_for_slot(0, []) is None
+
+
+def test_results_table_keeps_the_finished_runs_of_other_invocations(tmp_path):
+    runs = expand(TINY, runs_dir=tmp_path, only={"methods": ["lora"]})
+    folder = tmp_path / "tiny"
+    for run_id in ("glora__sst2__tiny-bert__s0", "lora__sst2__tiny-bert__s1"):
+        (folder / run_id).mkdir(parents=True)
+        (folder / run_id / RESULT_NAME).write_text(json.dumps({"config_hash": "x", "row": {"run_id": run_id, "status": "ok"}}))
+    (folder / "glora__sst2__tiny-bert__s1").mkdir()  # unfinished: no result.json
+    this_time = [{"run_id": "lora__sst2__tiny-bert__s0", "status": "ok"}]
+    merged = experiment_rows(this_time, runs, folder)
+    # lora s1 belongs to this selection but did not run this time (outdated marker): left out
+    assert [r["run_id"] for r in merged] == ["lora__sst2__tiny-bert__s0", "glora__sst2__tiny-bert__s0"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"jobs": 0}, "jobs must be a whole number >= 1"),
+        ({"launcher": "slurm"}, "launcher must be one of"),
+        ({"ray": {"cpus_per_run": -1}}, "ray.cpus_per_run must be a number >= 0"),
+        ({"ray": {"num_cpus": 1}}, "ray: unknown key"),
+        ({"tune": [1]}, "tune must be a mapping"),
+    ],
+)
+def test_bad_launcher_settings_fail_with_the_key_named(tmp_path, change, message):
+    spec = yaml.safe_load(TINY.read_text())
+    spec.update(change)
+    with pytest.raises(GridConfigError, match=message):
+        load_experiment(_write(tmp_path / "bad.yaml", spec))
+    code, _, err = _grid(["-c", str(tmp_path / "bad.yaml"), "--dry-run"])
+    assert code == 2 and err.count("\n") == 1 and message.split()[0] in err
 
 
 # ---------------------------------------------------------------------- analysis and the notebook

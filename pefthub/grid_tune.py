@@ -1,0 +1,286 @@
+"""The grid's tuning stage: an Optuna search per method (per method × budget × task × backbone)
+on validation, whose best values the seed runs are then trained and tested with.
+
+Experiment file::
+
+    tune:
+      params:                       # dotted keys, as in `overrides`
+        model.optimizer.lr: {low: 1.0e-4, high: 3.0e-2, log: true}   # a float range
+        model.dropout: [0.0, 0.1]                                   # or a list of choices
+      trials: 8                     # per study (default: every combination for `grid`, else 8)
+      sampler: tpe                  # tpe | random | grid (grid: lists only; every combination once, in order)
+      seed: 0                       # the trials' training seed and the sampler's seed (default: the first seed)
+      metric: val/accuracy          # default: val/<the task's primary metric>
+      direction: maximize           # maximize | minimize
+
+Each study lives in ``<runs_dir>/<name>/tuning.db`` (SQLite; ``load_if_exists``), so a rerun
+continues it: finished trials are kept, a trial left running by a killed grid is run again
+with its suggested values, and raising ``trials`` adds trials. A trial is an ordinary
+``pefthub fit`` without the test (``<runs_dir>/<name>/tuning/<study>__tNNN/``) scored by the best
+value of ``metric`` over its validations (the checkpoint the test would load). Every trial is
+listed in ``tuning.csv``; each seed run's row carries ``tuned/<key>``, ``tune_metric``,
+``tune_value`` and ``tune_trials``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pefthub.grid_results import read_scalars
+from pefthub.grid_spec import PROGRESS_NAME, GridConfigError, RunSpec, set_dotted
+
+TUNE_KEYS = {"params", "trials", "sampler", "seed", "metric", "direction"}
+SAMPLERS = ("tpe", "random", "grid")
+DIRECTIONS = ("maximize", "minimize")
+RANGE_KEYS = {"low", "high", "log"}
+DB_NAME = "tuning.db"
+TRIALS_NAME = "tuning.csv"
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """A checked ``tune:`` block."""
+
+    params: dict[str, Any]
+    trials: int
+    sampler: str
+    seed: int
+    metric: str | None
+    direction: str
+
+    def key(self) -> str:
+        """What the search is (``trials`` aside: raising it continues the same study)."""
+        search = {k: v for k, v in dataclasses.asdict(self).items() if k != "trials"}
+        return hashlib.sha256(json.dumps(search, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def load_tune(block: Any, where: str, default_seed: int) -> TuneSpec | None:
+    """Check a ``tune:`` block; ``None`` when there is none. Bad input raises
+    :class:`GridConfigError` naming the key and what it expects."""
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise GridConfigError(f"{where}: tune must be a mapping with some of {sorted(TUNE_KEYS)}")
+    unknown = sorted(set(block) - TUNE_KEYS)
+    if unknown:
+        raise GridConfigError(f"{where}: tune: unknown key(s) {unknown}; expected some of {sorted(TUNE_KEYS)}")
+    params = block.get("params")
+    if not isinstance(params, dict) or not params:
+        raise GridConfigError(f"{where}: tune.params must be a non-empty mapping of dotted keys to a list of values or {{low, high, log}}")
+    for key, space in params.items():
+        at = f"{where}: tune.params.{key}"
+        if isinstance(space, list):
+            if not space:
+                raise GridConfigError(f"{at} is an empty list; expected the values to try")
+        elif isinstance(space, dict):
+            if set(space) - RANGE_KEYS or not {"low", "high"} <= set(space):
+                raise GridConfigError(f"{at} must be {{low: <number>, high: <number>, log: <bool>}}, got keys {sorted(space)}")
+            low, high = space["low"], space["high"]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or not low < high:
+                raise GridConfigError(f"{at}: expected numbers with low < high, got low={low!r} high={high!r}")
+            if not isinstance(space.get("log", False), bool) or (space.get("log") and low <= 0):
+                raise GridConfigError(f"{at}.log must be true or false, and a log range needs low > 0")
+        else:
+            raise GridConfigError(f"{at} must be a list of values or {{low, high, log}}, got {type(space).__name__}")
+    sampler = block.get("sampler", "tpe")
+    if sampler not in SAMPLERS:
+        raise GridConfigError(f"{where}: tune.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    if sampler == "grid" and not all(isinstance(s, list) for s in params.values()):
+        raise GridConfigError(f"{where}: tune.sampler grid needs every tune.params entry to be a list of values")
+    combinations = math.prod(len(s) for s in params.values()) if sampler == "grid" else 8
+    trials = block.get("trials", combinations)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise GridConfigError(f"{where}: tune.trials must be a whole number >= 1, got {trials!r}")
+    direction = block.get("direction", "maximize")
+    if direction not in DIRECTIONS:
+        raise GridConfigError(f"{where}: tune.direction must be one of {list(DIRECTIONS)}, got {direction!r}")
+    metric = block.get("metric")
+    if metric is not None and not (isinstance(metric, str) and metric.startswith("val/")):
+        raise GridConfigError(f"{where}: tune.metric must be a validation metric like 'val/accuracy', got {metric!r}")
+    seed = block.get("seed", default_seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise GridConfigError(f"{where}: tune.seed must be a whole number, got {seed!r}")
+    return TuneSpec(params=dict(params), trials=trials, sampler=sampler, seed=seed, metric=metric, direction=direction)
+
+
+def _sampler(spec: TuneSpec):
+    import optuna
+
+    if spec.sampler in ("grid", "random"):  # grid: every combination is enqueued (see tune_runs)
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.TPESampler(seed=spec.seed)
+
+
+def _suggest(trial, spec: TuneSpec) -> dict[str, Any]:
+    values = {}
+    for key, space in spec.params.items():
+        if isinstance(space, list):
+            values[key] = trial.suggest_categorical(key, space)
+        else:
+            values[key] = trial.suggest_float(key, float(space["low"]), float(space["high"]), log=bool(space.get("log", False)))
+    return values
+
+
+def study_name(base: RunSpec, spec: TuneSpec) -> str:
+    """``<group>-<hash>``: the hash covers the group's config (seed aside) and the tune block,
+    so changing either starts a new study instead of mixing trials of different searches."""
+    unseeded = dataclasses.replace(base, config={**base.config, "seed_everything": None})
+    key = hashlib.sha256((unseeded.config_hash + spec.key()).encode()).hexdigest()[:8]
+    return f"{base.group}-{key}"
+
+
+def trial_run(base: RunSpec, name: str, number: int, values: dict[str, Any], spec: TuneSpec, folder: Path) -> RunSpec:
+    """The run of one trial: the group's config with the trial's values and the tuning seed,
+    validation only (no test), logging into its own folder under ``tuning/``."""
+    config = copy.deepcopy(base.config)
+    for key, value in values.items():
+        set_dotted(config, key, value)
+    config["seed_everything"] = spec.seed
+    config["test_after_fit"] = False
+    run_dir = folder / "tuning" / f"{name}__t{number:03d}"
+    trainer = config["trainer"]
+    trainer["logger"]["init_args"].update(save_dir=str(run_dir.parent), name=run_dir.name)
+    callbacks = []
+    for callback in trainer["callbacks"]:
+        path = str(callback.get("class_path", ""))
+        if path.endswith("FlopOverhead"):
+            continue
+        if path.endswith("ProgressFile"):
+            callback = {**callback, "init_args": {**callback["init_args"], "path": str(run_dir / PROGRESS_NAME)}}
+        callbacks.append(callback)
+    trainer["callbacks"] = callbacks
+    extra = {"study": name, "trial": number, **{f"param/{k}": v for k, v in values.items()}}
+    return dataclasses.replace(base, seed=spec.seed, run_dir=run_dir, config=config, extra=extra)
+
+
+def trial_result(run: RunSpec, wall_time_s: float, threads: int | None, metric: str, direction: str) -> dict[str, Any]:
+    """A trial's row: the best value of ``metric`` over its validations."""
+    values = [v for _, v in read_scalars(run.run_dir).get(metric, [])]
+    if not values:
+        raise RuntimeError(f"{run.run_dir}: {metric} was never logged")
+    best = max(values) if direction == "maximize" else min(values)
+    return {**run.axes(), "status": "ok", "primary_metric": metric, "primary_value": best,
+            "wall_time_s": round(wall_time_s, 3), "run_dir": str(run.run_dir), **run.extra}
+
+
+def _collect_trial(run: RunSpec, wall: float, threads: int | None, metrics: dict[str, str], direction: str) -> dict[str, Any]:
+    return trial_result(run, wall, threads, metrics[run.run_id], direction)
+
+
+def tune_runs(runs: list[RunSpec], spec: TuneSpec, folder: Path, make_runner: Callable[..., Any], jobs: int,
+              out: Callable[[str], None] = print) -> list[RunSpec]:
+    """Run (or continue) one study per group of ``runs``, then return ``runs`` with each
+    group's best values applied and recorded as extra columns.
+
+    Args:
+        runs: the grid's runs (their seeds are the test runs; the trials use ``spec.seed``).
+        spec: the checked ``tune:`` block.
+        folder: the experiment folder (``tuning.db``, ``tuning.csv``, ``tuning/``).
+        make_runner: ``make_runner(trial_runs, collect)`` -> an object with ``.run()`` returning
+            rows in order (a :class:`pefthub.grid_launch.GridRunner` without a results file).
+        jobs: trials asked and run at once.
+    """
+    try:
+        import optuna
+    except ImportError as error:
+        raise RuntimeError("the tuning stage needs Optuna: pip install 'pefthub[cluster]'") from error
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{(folder / DB_NAME).resolve()}"
+    bases: dict[str, RunSpec] = {}
+    for run in runs:
+        bases.setdefault(run.group, run)
+    names = {group: study_name(base, spec) for group, base in bases.items()}
+    studies = {
+        group: optuna.create_study(study_name=names[group], storage=storage, direction=spec.direction,
+                                   sampler=_sampler(spec), load_if_exists=True)
+        for group in bases
+    }
+    if spec.sampler == "grid":  # Optuna's GridSampler stops the study from inside `tell`, which ask/tell cannot take
+        combinations = [dict(zip(spec.params, values, strict=True)) for values in itertools.product(*spec.params.values())]
+        for study in studies.values():
+            for params in combinations[: spec.trials]:
+                study.enqueue_trial(params, skip_if_exists=True)
+    states = optuna.trial.TrialState
+    running = states.RUNNING
+    spent = (states.COMPLETE, states.PRUNED, states.FAIL, running)  # an enqueued (WAITING) trial is not spent yet
+    while True:
+        batch: list[tuple[str, int, dict[str, Any]]] = []
+        for group, study in studies.items():  # trials a killed grid left running: run them again
+            for trial in study.get_trials(deepcopy=False, states=(running,)):
+                if set(trial.params) == set(spec.params):
+                    batch.append((group, trial.number, dict(trial.params)))
+                else:
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        asked = True
+        while asked and len(batch) < jobs:
+            asked = False
+            for group, study in studies.items():
+                if len(batch) < jobs and len(study.get_trials(deepcopy=False, states=spent)) < spec.trials:
+                    trial = study.ask()
+                    batch.append((group, trial.number, _suggest(trial, spec)))
+                    asked = True
+        if not batch:
+            break
+        trial_runs = [trial_run(bases[g], names[g], n, values, spec, folder) for g, n, values in batch]
+        metric_of = {r.run_id: spec.metric or f"val/{r.primary_metric}" for r in trial_runs}
+
+        collect = functools.partial(_collect_trial, metrics=metric_of, direction=spec.direction)
+        rows = {row["run_id"]: row for row in make_runner(trial_runs, collect).run()}
+        for (group, number, values), run in zip(batch, trial_runs, strict=True):
+            row = rows.get(run.run_id, {})
+            shown = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            if row.get("status") == "ok":
+                studies[group].tell(number, float(row["primary_value"]))
+                out(f"trial {group} #{number}: {shown} -> {metric_of[run.run_id]}={row['primary_value']:.4f}")
+            else:
+                studies[group].tell(number, state=optuna.trial.TrialState.FAIL)
+                out(f"trial {group} #{number}: {shown} failed; log: {run.run_dir / 'run.log'}")
+        write_trials(studies, names, folder)
+    write_trials(studies, names, folder)
+    tuned = []
+    for run in runs:
+        study = studies[run.group]
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not complete:
+            raise RuntimeError(f"tuning {run.group}: no trial finished (logs under {folder / 'tuning'})")
+        best = study.best_trial
+        config = copy.deepcopy(run.config)
+        for key, value in best.params.items():
+            set_dotted(config, key, value)
+        extra = {**run.extra, **{f"tuned/{k}": v for k, v in best.params.items()},
+                 "tune_metric": spec.metric or f"val/{run.primary_metric}", "tune_value": best.value,
+                 "tune_trials": len(complete), "tune_study": names[run.group]}
+        tuned.append(dataclasses.replace(run, config=config, extra=extra))
+    for group in bases:
+        best = studies[group].best_trial
+        out(f"tuned {group}: {best.params} ({spec.metric or 'val/' + bases[group].primary_metric}={best.value:.4f}, trial #{best.number})")
+    return tuned
+
+
+def write_trials(studies: dict[str, Any], names: dict[str, str], folder: Path) -> None:
+    """``tuning.csv``: every trial of every study (state, value, values tried, run folder)."""
+    rows = []
+    for group, study in studies.items():
+        for trial in study.get_trials(deepcopy=False):
+            rows.append({
+                "group": group, "study": names[group], "trial": trial.number, "state": trial.state.name, "value": trial.value,
+                **{f"param/{k}": v for k, v in trial.params.items()},
+                "run_dir": str(folder / "tuning" / f"{names[group]}__t{trial.number:03d}"),
+            })
+    columns = list(functools.reduce(lambda seen, row: seen | dict.fromkeys(row), rows, {}))
+    with open(folder / TRIALS_NAME, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns or ["group"], restval="")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)

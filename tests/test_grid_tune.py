@@ -1,0 +1,118 @@
+"""The grid's Optuna tuning stage: the search space checks, a real tiny search that picks the
+lr by validation, its continuation from the SQLite study after a kill, and the seed run that
+trains with the choice and records it in results.csv."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pefthub.grid import GridConfigError, GridRunner, expand
+from pefthub.grid import main as grid_main
+from pefthub.grid_tune import DB_NAME, TRIALS_NAME, load_tune, study_name, tune_runs
+
+REPO = Path(__file__).resolve().parents[1]
+LR = "model.optimizer.lr"
+CHOICES = [1.0e-5, 1.0e-2, 1.0e-3]
+
+
+def _experiment(tmp_path: Path, tune: dict | None = None) -> Path:
+    spec = yaml.safe_load((REPO / "configs" / "experiments" / "tiny.yaml").read_text())
+    spec.update(name="tuned", seeds=[0], flops=False, methods={"lora": {"config": str(REPO / "configs" / "tiny" / "lora_sst2.yaml")}})
+    if tune is not None:
+        spec["tune"] = tune
+    path = tmp_path / "tuned.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({}, "tune.params must be a non-empty mapping"),
+        ({"params": {LR: []}}, "tune.params.model.optimizer.lr is an empty list"),
+        ({"params": {LR: {"low": 1e-2, "high": 1e-4}}}, "expected numbers with low < high"),
+        ({"params": {LR: {"low": 0, "high": 1, "log": True}}}, "a log range needs low > 0"),
+        ({"params": {LR: {"low": 1e-4, "hi": 1}}}, r"must be \{low: <number>"),
+        ({"params": {LR: {"low": 1e-4, "high": 1e-2}}, "sampler": "grid"}, "grid needs every tune.params entry to be a list"),
+        ({"params": {LR: CHOICES}, "trials": 0}, "tune.trials must be a whole number >= 1"),
+        ({"params": {LR: CHOICES}, "metric": "accuracy"}, "tune.metric must be a validation metric"),
+        ({"params": {LR: CHOICES}, "sampler": "cmaes"}, "tune.sampler must be one of"),
+        ({"params": {LR: CHOICES}, "trails": 3}, "tune: unknown key"),
+    ],
+)
+def test_bad_tune_blocks_fail_with_the_key_named(block, message):
+    with pytest.raises(GridConfigError, match=message):
+        load_tune(block, "exp.yaml", 0)
+
+
+def test_tune_defaults_and_the_dry_run_plan(tmp_path, capsys):
+    spec = load_tune({"params": {LR: CHOICES, "model.dropout": [0.0, 0.1]}, "sampler": "grid"}, "exp.yaml", 3)
+    assert spec.trials == 6 and spec.seed == 3 and spec.direction == "maximize" and spec.metric is None
+    assert load_tune({"params": {LR: {"low": 1e-4, "high": 1e-2, "log": True}}}, "exp.yaml", 0).trials == 8
+    assert load_tune(None, "exp.yaml", 0) is None
+    experiment = _experiment(tmp_path, {"params": {LR: CHOICES}, "sampler": "grid"})
+    assert grid_main(["-c", str(experiment), "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--no-progress"]) == 0
+    assert "tuning first: ['model.optimizer.lr'] over 3 trial(s) (grid) for each of 1 method/task/backbone group(s)" in capsys.readouterr().out
+
+
+def _trials(folder: Path) -> list[dict[str, str]]:
+    with open(folder / TRIALS_NAME, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path):
+    import optuna
+
+    runs = expand(_experiment(tmp_path), runs_dir=tmp_path / "runs")
+    folder = runs[0].run_dir.parent
+    lines: list[str] = []
+
+    def make_runner(trial_runs, collect):
+        return GridRunner(trial_runs, None, progress=False, collect=collect, jobs=2)
+
+    first = load_tune({"params": {LR: CHOICES}, "sampler": "grid", "trials": 2}, "exp.yaml", 0)
+    tuned = tune_runs(runs, first, folder, make_runner, jobs=2, out=lines.append)
+    trials = _trials(folder)
+    assert [(t["trial"], t["state"], float(t[f"param/{LR}"])) for t in trials] == [("0", "COMPLETE", 1e-5), ("1", "COMPLETE", 1e-2)]
+
+    def check(tuned_runs, trials):
+        values = {float(t[f"param/{LR}"]): float(t["value"]) for t in trials}
+        chosen = tuned_runs[0].config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+        assert values[chosen] == max(values.values())  # the best validation accuracy picked the lr
+        assert tuned_runs[0].extra[f"tuned/{LR}"] == chosen and tuned_runs[0].extra["tune_trials"] == len(trials)
+        assert tuned_runs[0].extra["tune_metric"] == "val/accuracy" and tuned_runs[0].seed == 0
+        for trial in trials:  # each trial validated (no test) on the tuning seed with its own lr
+            config = yaml.safe_load((Path(trial["run_dir"]) / "grid_config.yaml").read_text())
+            assert config["test_after_fit"] is False and config["seed_everything"] == 0
+            assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == float(trial[f"param/{LR}"])
+
+    check(tuned, trials)
+    assert runs[0].config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.01  # the expansion is not changed
+    # a grid killed during a trial leaves it RUNNING in the study; raising `trials` keeps the study
+    more = load_tune({"params": {LR: CHOICES}, "sampler": "grid", "trials": 3}, "exp.yaml", 0)
+    name = study_name(runs[0], more)
+    assert name == study_name(runs[0], first)
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / DB_NAME}")
+    study.enqueue_trial({LR: 1e-3})
+    study.ask().suggest_categorical(LR, CHOICES)
+    done = {t["run_dir"]: (Path(t["run_dir"]) / "result.json").stat().st_mtime_ns for t in trials}
+    lines.clear()
+    tuned = tune_runs(runs, more, folder, make_runner, jobs=2, out=lines.append)
+    assert [line.split(":")[0] for line in lines if line.startswith("trial ")] == ["trial lora__sst2__tiny-bert #2"]
+    trials = _trials(folder)
+    assert [(t["state"], float(t[f"param/{LR}"])) for t in trials] == [("COMPLETE", v) for v in CHOICES]
+    assert all((Path(d) / "result.json").stat().st_mtime_ns == m for d, m in done.items())  # not rerun
+    check(tuned, trials)
+    # the seed run trains with the chosen lr and is tested; its row records the choice
+    (row,) = GridRunner(tuned, folder / "results.csv", progress=False).run()
+    chosen = tuned[0].config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+    assert row["status"] == "ok" and "test/accuracy" in row
+    assert row[f"tuned/{LR}"] == chosen and row["tune_trials"] == 3 and row["tune_value"] == max(float(t["value"]) for t in trials)
+    with open(folder / "results.csv", newline="") as handle:
+        (stored,) = list(csv.DictReader(handle))
+    assert float(stored[f"tuned/{LR}"]) == chosen and stored["tune_metric"] == "val/accuracy"
+    assert yaml.safe_load((tuned[0].run_dir / "grid_config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == chosen
