@@ -71,6 +71,8 @@ def check_config_files(argv: list[str]) -> None:
             path = argv[index + 1]
         elif arg.startswith("--config="):
             path = arg.split("=", 1)[1]
+        if path is not None and not Path(path).is_file() and (path.endswith((".yaml", ".yml", ".json")) or "/" in path):
+            raise ConfigKeyError(f"config file {path} does not exist (-c/--config expects a YAML file, e.g. configs/lora/sst2.yaml)")
         if path is None or not Path(path).is_file():
             continue
         try:

@@ -221,3 +221,75 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
+
+
+# --------------------------------------------------------------------------- issue 14: the last tracebacks
+
+
+@pytest.mark.parametrize("disguised", ["adapter_model.safetensors", "pefthub_head.safetensors"])
+def test_import_refuses_a_pickle_disguised_as_safetensors(earlier_run, tmp_path, capsys, monkeypatch, disguised):
+    source = earlier_run / "runs" / "tiny" / "version_0" / "adapter"
+    peft_dir = tmp_path / "peft"
+    main(["export", "--format", "peft", str(source), str(peft_dir)])
+    marker = tmp_path / "payload-ran"
+    (peft_dir / disguised).write_bytes(pickle.dumps(_Payload(marker)))
+    message = _fails(["import", str(peft_dir), str(tmp_path / "out"), "--backbone", "tiny-bert"], earlier_run, capsys, monkeypatch)
+    assert message == f"{peft_dir / disguised}: this is a pickle/torch archive, not safetensors; refusing to load it"
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def _crafted_checkpoint(path: Path, marker: Path) -> Path:
+    """A Lightning-looking checkpoint whose unpickling would run code (create ``marker``)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6.0", "callbacks": _Payload(marker)}, path)
+    return path
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
+def test_pickle_checkpoint_refused_in_one_line_even_when_torch_is_told_to_unpickle(
+    earlier_run, tmp_path, capsys, monkeypatch, subcommand
+):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "payload-ran"
+    crafted = _crafted_checkpoint(tmp_path / "crafted.ckpt", marker)
+    message = _fails([subcommand, "-c", TINY, "--ckpt_path", str(crafted)], earlier_run, capsys, monkeypatch)
+    assert message.startswith(f"ckpt_path {crafted}: not a weights-only checkpoint (")
+    assert "pefthub loads checkpoints with weights_only=True only" in message and "weights_only=False" not in message
+    assert not marker.exists()
+
+
+def test_ckpt_path_last_is_loaded_weights_only_too(earlier_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "payload-ran"
+    crafted = _crafted_checkpoint(earlier_run / "runs" / "crafted" / "version_0" / "checkpoints" / "last.ckpt", marker)
+    message = _fails(["fit", "-c", TINY, "--trainer.logger.init_args.name", "crafted", "--ckpt_path", "last"],
+                     earlier_run, capsys, monkeypatch)
+    assert crafted.is_file()
+    assert message.startswith("ckpt_path runs/crafted/version_0/checkpoints/last.ckpt: not a weights-only checkpoint (")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_non_utf8_data_file_names_file_and_line(earlier_run, capsys, monkeypatch, suffix):
+    path = earlier_run / "data" / f"latin1.{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["text,label", "fine,pos", "caf\xe9 au lait,neg"] if suffix == "csv" else [
+        '{"text": "fine", "label": "pos"}', '{"text": "caf\xe9", "label": "neg"}']
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    args = _jsonl_args(path)
+    args[args.index("jsonl")] = suffix
+    message = _fails(args, earlier_run, capsys, monkeypatch)
+    line = 3 if suffix == "csv" else 2
+    assert message.startswith(f"{path}:{line}: byte 0xe9 at column ") and "not valid UTF-8" in message
+
+
+def test_missing_config_file_is_one_line_without_the_usage_dump(earlier_run, capsys, monkeypatch):
+    message = _fails(["fit", "-c", "configs/lora/sst22.yaml"], earlier_run, capsys, monkeypatch)
+    assert message == "config file configs/lora/sst22.yaml does not exist (-c/--config expects a YAML file, e.g. configs/lora/sst2.yaml)"
+
+
+def test_weights_only_false_is_refused(earlier_run, capsys, monkeypatch):
+    message = _fails(["test", "-c", TINY, "--weights_only", "false"], earlier_run, capsys, monkeypatch)
+    assert message == "weights_only: false is not supported: pefthub loads checkpoints as weights only (no code runs)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -204,8 +205,10 @@ def test_unseen_tag_in_token_eval_is_an_error(tmp_path):
 def test_configuration_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="data.format must be one of"):
         SentenceClassificationDataModule(format="xml", train_file="x")
-    with pytest.raises(ValueError, match="either data.task"):
-        SentenceClassificationDataModule(task="sst2", format="csv", train_file="x")
+    # a config's builtin task gives way to your own files (issue 14); without files the error names the flag
+    with pytest.raises(ValueError, match=r"data.format 'csv' needs its files: add --data.test_file FILE"):
+        SentenceClassificationDataModule(task="sst2", format="csv")
+    assert SentenceClassificationDataModule(task="sst2", format="csv", test_file="x").task is None
     with pytest.raises(ValueError, match="sentence-pair task; use pefthub.data.PairClassificationDataModule"):
         SentenceClassificationDataModule(format="glue_tsv", glue_task="mnli", train_file="x")
     with pytest.raises(ValueError, match="data.primary_metric must be one of"):
@@ -241,3 +244,27 @@ def test_label_map_is_saved_and_checked_on_load(tmp_path):
     data.load_state_dict(state)
     with pytest.raises(ValueError, match=r"trained with label names \['pos', 'neg'\]"):
         data.load_state_dict({"label_names": ["pos", "neg"]})
+
+
+def test_csv_field_longer_than_the_csv_module_default_is_read_whole(tmp_path):
+    from pefthub.data.loaders import read_delimited
+
+    long_text = "word " * 40_000  # 200,000 characters: over csv's default 131,072 field limit
+    path = tmp_path / "long.csv"
+    path.write_text(f'text,label\n"{long_text}",pos\nshort,neg\n', encoding="utf-8")
+    split = read_delimited(path, ",")
+    assert [row["text"] for row in split.rows] == [long_text, "short"]
+    assert split.locations == [f"{path}:2", f"{path}:3"]
+
+
+def test_non_utf8_byte_is_reported_with_file_line_and_column(tmp_path):
+    from pefthub.data.loaders import DataFormatError, read_conll, read_delimited
+
+    csv_path = tmp_path / "latin1.csv"
+    csv_path.write_bytes(b"text,label\nfine,pos\n" + "na\xefve,neg\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(csv_path))}:3: byte 0xef at column 3 is not valid UTF-8"):
+        read_delimited(csv_path, ",")
+    conll_path = tmp_path / "latin1.conll"
+    conll_path.write_bytes(b"EU B-ORG\n\n" + "Gen\xe8ve B-LOC\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=rf"^{re.escape(str(conll_path))}:3: byte 0xe8"):
+        read_conll(conll_path)

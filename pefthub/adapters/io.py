@@ -80,18 +80,7 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     for required in (weights, config_path):
         if not required.is_file():
             raise AdapterFileError(f"{required}: adapter file not found (expected {WEIGHTS_NAME} and {CONFIG_NAME})")
-    with open(weights, "rb") as handle:
-        head = handle.read(9)
-    # A safetensors file starts with an 8-byte little-endian header length followed by "{";
-    # only a file that is not that is checked for pickle/zip markers (a header length of
-    # 0x..80 or 0x..4B50 would otherwise look like one).
-    looks_like_safetensors = len(head) == 9 and head[8:9] == b"{"
-    if not looks_like_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):  # pickle protocol / torch zip
-        raise AdapterFileError(f"{weights}: this is a pickle/torch archive, not safetensors; refusing to load it")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AdapterFileError(f"{weights}: not a valid safetensors file ({error})") from error
+    tensors = read_safetensors(weights)
     try:
         with open(config_path, encoding="utf-8") as handle:
             config = json.load(handle)
@@ -100,6 +89,36 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, tor
     if not isinstance(config, dict) or "method" not in config:
         raise AdapterFileError(f"{config_path}: expected a JSON object with a 'method' key")
     return config, tensors
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a pickle/torch archive under a ``.safetensors`` name,
+    or a truncated/corrupt file, is an :class:`AdapterFileError` naming the file (never unpickled)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    # A safetensors file starts with an 8-byte little-endian header length followed by "{";
+    # only a file that is not that is checked for pickle/zip markers (a header length of
+    # 0x..80 or 0x..4B50 would otherwise look like one).
+    looks_like_safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not looks_like_safetensors and (head[:1] == b"\x80" or head[:2] == b"PK"):  # pickle protocol / torch zip
+        raise AdapterFileError(f"{path}: this is a pickle/torch archive, not safetensors; refusing to load it")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(f"{path}: not a valid safetensors file ({error})") from error
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else is an :class:`AdapterFileError` naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterFileError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(value, dict):
+        raise AdapterFileError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def serialized_size(tensors: dict[str, torch.Tensor]) -> int:

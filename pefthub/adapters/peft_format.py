@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from pefthub.adapters.io import load_adapter, save_adapter
+from pefthub.adapters.io import load_adapter, read_json_object, read_safetensors, save_adapter
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -93,12 +93,14 @@ def import_from_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, ba
         if (peft_dir / "adapter_model.bin").is_file():
             raise ValueError(f"{peft_dir}: only adapter_model.bin (a pickle) is present; pefthub imports safetensors only")
         raise ValueError(f"{weights_path}: not found (expected a PEFT LoRA adapter directory)")
-    peft_config = json.loads(config_path.read_text())
+    if not config_path.is_file():
+        raise ValueError(f"{config_path}: not found (expected a PEFT LoRA adapter directory)")
+    peft_config = read_json_object(config_path)
     if peft_config.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type is {peft_config.get('peft_type')!r}; only LORA adapters import")
     if peft_config.get("use_dora") or peft_config.get("use_rslora"):
         raise ValueError(f"{config_path}: DoRA / rsLoRA adapters are not supported by pefthub's LoRA")
-    weights = load_file(str(weights_path))
+    weights = read_safetensors(weights_path)
     tensors: dict[str, torch.Tensor] = {}
     rank_pattern: dict[str, int] = {}
     scaling_pattern: dict[str, float] = {}
@@ -115,7 +117,7 @@ def import_from_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, ba
         scaling_pattern[module] = float(alpha) / rank
     head_path = peft_dir / HEAD_WEIGHTS
     if head_path.is_file():
-        tensors.update({f"head.{k}": v for k, v in load_file(str(head_path)).items()})
+        tensors.update({f"head.{k}": v for k, v in read_safetensors(head_path).items()})
     config = {
         "method": "lora",
         "backbone": backbone,

@@ -27,7 +27,8 @@ def full_parameters(module: LightningModule) -> Iterator[None]:
 
 class SaveAdapter(Callback):
     """At the end of ``fit``, write the adapter of the best checkpoint (when a
-    ``ModelCheckpoint`` tracked one) or of the final weights to ``<log_dir>/adapter``.
+    ``ModelCheckpoint`` tracked one) or of the final weights to ``<log_dir>/adapter``, with
+    ``usage.json`` (backbone and its weights' SHA-256, labels, max length: :mod:`pefthub.adapter_card`).
     The best checkpoint may be a file or a DeepSpeed directory (consolidated, ZeRO-3 too).
 
     Args:
@@ -51,4 +52,7 @@ class SaveAdapter(Callback):
             if best:
                 pl_module.load_trainable_from_checkpoint(best)
             path = pl_module.save_adapter(directory)
+            from pefthub.adapter_card import usage_record, write_usage
+
+            write_usage(path, usage_record(pl_module, trainer.datamodule))
             rank_zero_info(f"adapter saved to {path} ({pl_module.adapter_file_bytes():,} bytes)" + (f" from {best}" if best else ""))

@@ -83,6 +83,7 @@ class TaskDataModule(LightningDataModule):
             self.shuffle_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self.datasets: DatasetDict | None = None
+        self.inputs: dict[str, Any] = {}
         self._train_loader: ResumableDataLoader | None = None
         self._train_position: dict[str, int] | None = None
 
@@ -127,11 +128,13 @@ class TaskDataModule(LightningDataModule):
         tokenizer = self.tokenizer
         vocab_digest = hashlib.sha256(repr(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16]
         tokenized = {}
+        self.inputs = {}
         for split, dataset in raw.items():
-            limit = self.train_limit if split == "train" else self.eval_limit
+            limit = self.train_limit if split == "train" else None if split == "predict" else self.eval_limit
             if limit is not None and limit < len(dataset):
                 # a seeded random subset: the first rows of a file may all share a label
                 dataset = dataset.shuffle(seed=SUBSET_SEED).select(range(limit)).flatten_indices()
+            self.inputs[split] = dataset  # the rows before tokenising, in loader order (predictions files)
             key = repr((dataset._fingerprint, self.fingerprint_parts(), vocab_digest))
             fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
             dataset = dataset.map(
@@ -210,7 +213,13 @@ class TaskDataModule(LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader(self.predict_split(), shuffle=False)
+
+    def predict_split(self) -> str:
+        """The split ``predict`` reads: ``predict`` (``data.predict_file``) when set, else ``test``."""
+        if self.datasets is None:
+            self.setup()
+        return "predict" if "predict" in self.datasets else "test"
 
     def describe(self) -> dict[str, Any]:
         return {"task_type": self.task_type, "num_labels": self.num_labels, "label_names": self.label_names}

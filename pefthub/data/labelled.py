@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset, DatasetDict
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from pefthub.data import builtin_tasks as builtin
 from pefthub.data.base import TaskDataModule
@@ -58,6 +58,9 @@ class LabelledTaskDataModule(TaskDataModule):
         validation_file: validation file, same format.
         test_file: test file, same format; a file without the label column (GLUE test
             sets) gives an unlabelled split (predict works, test logs no metrics).
+        predict_file: the file ``pefthub predict`` reads (same format; labels optional);
+            default: ``test_file``. With ``format`` and any file set, a builtin ``task``
+            from the config is ignored (your files take precedence).
         dataset: for ``disk``: the directory written by ``save_to_disk`` (a DatasetDict,
             or one Dataset used as train); for ``hub``: the dataset id.
         dataset_config: hub configuration name (e.g. ``mnli`` of ``nyu-mll/glue``).
@@ -89,6 +92,7 @@ class LabelledTaskDataModule(TaskDataModule):
         train_file: str | None = None,
         validation_file: str | None = None,
         test_file: str | None = None,
+        predict_file: str | None = None,
         dataset: str | None = None,
         dataset_config: str | None = None,
         split_names: dict[str, str] | None = None,
@@ -100,14 +104,21 @@ class LabelledTaskDataModule(TaskDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if task and format:
-            raise ValueError(f"set either data.task ({task!r}) or data.format ({format!r}), not both")
+            if not (train_file or validation_file or test_file or predict_file or dataset):
+                raise ValueError(
+                    f"data.format {format!r} needs its files: add --data.test_file FILE (or --data.predict_file, "
+                    f"--data.train_file ...), or drop data.format to use the builtin data.task {task!r}"
+                )
+            # your own files take precedence over a config's builtin task
+            rank_zero_info(f"data.format {format!r} with files: using them instead of the builtin data.task {task!r}")
+            task = None
         if format is None and task is None:
             task = self.default_task
         if format is not None and format not in FORMATS:
             raise ValueError(f"data.format must be one of {FORMATS}, got {format!r}")
         self.task = task
         self.format = format
-        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
+        self.files = {"train": train_file, "validation": validation_file, "test": test_file, "predict": predict_file}
         self.dataset = dataset
         self.dataset_config = dataset_config
         self.split_names = dict(split_names or {})
@@ -254,7 +265,10 @@ class LabelledTaskDataModule(TaskDataModule):
             if declared:
                 self._label_map = LabelMap(declared)
             elif "train" not in raw:
-                raise ValueError("no train split to infer label names from: set data.label_names")
+                raise ValueError(
+                    "no train split to infer label names from: set data.label_names (pefthub test/predict take them "
+                    "from --ckpt_path or model.init_adapter when the data names none)"
+                )
             else:
                 train = raw["train"]
                 if not train.rows:
@@ -264,8 +278,9 @@ class LabelledTaskDataModule(TaskDataModule):
                 self._label_map = LabelMap.infer(self._raw_labels(train), bio=self.is_token_task)
         train_ids: set[int] | None = None
         canonical = {}
-        for split in [s for s in SPLITS if s in raw]:
-            rows, ids = self._encode_split(split, raw[split], train_ids)
+        for split in [s for s in (*SPLITS, "predict") if s in raw]:
+            # predictions need no label, and may name labels the training data lacked
+            rows, ids = self._encode_split(split, raw[split], train_ids if split != "predict" else None)
             if split == "train":
                 train_ids = ids
             canonical[split] = Dataset.from_list(rows)
@@ -286,7 +301,8 @@ class LabelledTaskDataModule(TaskDataModule):
         if not any(labelled):
             if split == "train":
                 raise DataFormatError(f"{raw.locations[0]}: the training data has no {self.label_field!r} field")
-            rank_zero_warn(f"{raw.source}: no {self.label_field!r} field: the {split} split is unlabelled (no metrics)")
+            if split != "predict":
+                rank_zero_warn(f"{raw.source}: no {self.label_field!r} field: the {split} split is unlabelled (no metrics)")
         elif not all(labelled):
             first = raw.locations[labelled.index(False)]
             raise DataFormatError(f"{first}: missing label field {self.label_field!r} (other rows of the {split} split have one)")

@@ -27,9 +27,10 @@ Nothing here imports Lightning; the readers are plain functions.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,38 @@ def _open_text(path: Path):
     return path.open(encoding="utf-8", newline="")
 
 
+# Python's csv module refuses fields over 131,072 characters by default; long texts are
+# legitimate (the tokenizer truncates them to data.max_length), so the limit is lifted.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _not_utf8(path: Path) -> DataFormatError:
+    """The error for a file that is not UTF-8, naming the first offending line and byte."""
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    for line_no, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return DataFormatError(
+                f"{path}:{line_no}: byte 0x{line[error.start]:02x} at column {error.start + 1} is not valid UTF-8; "
+                "pefthub reads data files as UTF-8: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            )
+    return DataFormatError(f"{path}: not valid UTF-8; pefthub reads data files as UTF-8")
+
+
+def _utf8_or_error(reader: Callable[..., RawSplit]) -> Callable[..., RawSplit]:
+    """Turn a ``UnicodeDecodeError`` while reading ``path`` into one line naming file and line."""
+
+    @functools.wraps(reader)
+    def wrapped(path: str | Path, *args: Any, **kwargs: Any) -> RawSplit:
+        try:
+            return reader(path, *args, **kwargs)
+        except UnicodeDecodeError:
+            raise _not_utf8(Path(path).expanduser()) from None
+
+    return wrapped
+
+
 def _check_file(path: str | Path, key: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -105,6 +138,7 @@ def _check_file(path: str | Path, key: str) -> Path:
     return path
 
 
+@_utf8_or_error
 def read_jsonl(path: str | Path, key: str = "train_file") -> RawSplit:
     """Rows of a JSON-lines file (blank lines skipped; ``.gz`` read transparently)."""
     path = _check_file(path, key)
@@ -124,6 +158,7 @@ def read_jsonl(path: str | Path, key: str = "train_file") -> RawSplit:
     return RawSplit(str(path), rows, locations)
 
 
+@_utf8_or_error
 def read_delimited(
     path: str | Path,
     delimiter: str,
@@ -141,6 +176,8 @@ def read_delimited(
     is read as a header.
     """
     path = _check_file(path, key)
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     with _open_text(path) as handle:
         if quoting:
             reader = csv.reader(handle, delimiter=delimiter)
@@ -175,6 +212,7 @@ def read_delimited(
     return RawSplit(str(path), rows, locations)
 
 
+@_utf8_or_error
 def read_conll(
     path: str | Path,
     *,

@@ -95,6 +95,12 @@ class PEFTModule(LightningModule):
             bound the shapes. Off by default (the first steps pay the compilation).
         compile_backend: ``torch.compile``'s backend (``inductor``: generated kernels;
             ``aot_eager``: graph capture and AOT autograd without code generation, for checks).
+        init_adapter: an adapter directory to start from (what ``fit`` writes to
+            ``<run>/adapter``, or a Hugging Face PEFT LoRA directory, imported on the fly): its
+            tensors (adapter and task head) are loaded after the adapters are built, so
+            ``pefthub test/predict --model.init_adapter DIR`` evaluates a shared adapter and
+            ``fit`` continues from it. The method's structural settings (rank, targets, ...)
+            must match the file's (a mismatch is a one-line error naming the tensor).
     """
 
     method_name = "base"
@@ -116,6 +122,7 @@ class PEFTModule(LightningModule):
         fast_cpu_kernels: bool = True,
         compile: bool = False,
         compile_backend: str = "inductor",
+        init_adapter: str | None = None,
     ) -> None:
         super().__init__()
         if num_labels < 1:
@@ -173,6 +180,34 @@ class PEFTModule(LightningModule):
         self.head.requires_grad_(True)
         # Checkpoints carry only trainable tensors; the frozen backbone comes from `backbone`.
         self.strict_loading = False
+        if init_adapter is not None:
+            self.load_init_adapter(init_adapter)
+
+    def load_init_adapter(self, path: str | Path) -> dict[str, Any]:
+        """Load ``model.init_adapter``: a pefthub adapter directory, or a PEFT LoRA directory
+        (``adapter_model.safetensors``), converted on the fly (safetensors + JSON only); a PEFT
+        directory without ``pefthub_head.safetensors`` keeps this module's fresh head."""
+        from pefthub.adapters.peft_format import PEFT_WEIGHTS
+
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"model.init_adapter: {path} does not exist (expected an adapter directory)")
+        if path.is_dir() and (path / PEFT_WEIGHTS).is_file():
+            import tempfile
+
+            from pefthub.adapters.io import load_adapter as read_adapter
+            from pefthub.adapters.io import save_adapter as write_adapter
+            from pefthub.adapters.peft_format import import_from_peft
+
+            with tempfile.TemporaryDirectory(prefix="pefthub-peft-") as tmp:
+                imported = import_from_peft(path, Path(tmp) / "adapter", backbone=self.backbone_name)
+                config, tensors = read_adapter(imported)
+                if not any(name.startswith("head.") for name in tensors):
+                    tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+                config.update(task_type=self.task_type, num_labels=self.head.out_features, label_names=self.label_names)
+                write_adapter(imported, config, tensors)
+                return self.load_adapter(imported)
+        return self.load_adapter(path)
 
     # ------------------------------------------------------------------ method hooks
 
@@ -353,6 +388,7 @@ class PEFTModule(LightningModule):
             "prediction": predicted.tolist(),
             "label": [self.label_names[i] for i in predicted.tolist()],
             "probability": probabilities.max(-1).values.tolist(),
+            "probabilities": probabilities.float().tolist(),  # every class, in label-id order
         }
 
     # ------------------------------------------------------------------ optimisation
@@ -494,6 +530,9 @@ class PEFTModule(LightningModule):
         with torch.no_grad():
             for name, target in own.items():
                 if target.shape != tensors[name].shape:
-                    raise ValueError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, model expects {tuple(target.shape)}")
+                    raise ValueError(
+                        f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, model expects {tuple(target.shape)}; "
+                        "set the method's settings (rank, target_modules, ...) to those in the adapter's adapter_config.json"
+                    )
                 target.copy_(tensors[name])
         return config

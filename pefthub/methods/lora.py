@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,6 +166,16 @@ class LoRAModule(PEFTModule):
         )
         module.load_adapter(path)
         return module
+
+    def load_adapter(self, path: str | Path) -> dict[str, Any]:
+        """Load an adapter file, with its per-module scaling (``scaling_pattern``): an adapter
+        trained with another ``alpha`` gives the outputs it was trained to give."""
+        config, _ = load_adapter(path)
+        scalings = config.get("scaling_pattern") or {} if config.get("method") == self.method_name else {}
+        for name, layer in self._lora_layers():
+            if name in scalings and layer.rank > 0:
+                layer.alpha = float(scalings[name]) * layer.rank
+        return super().load_adapter(path)
 
     def adapter_config(self) -> dict[str, Any]:
         return {
