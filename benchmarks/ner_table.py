@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> str:
         label = f"reference: HF {record['method'].removeprefix('hf-')} (lr {record['lr']:g}, {record['epochs']:g} epochs)"
         rows.setdefault(label, []).append(record["test"])
     for spec in args.run:
-        label, _, pattern = spec.partition("=")
+        label, _, pattern = spec.rpartition("=")
         for run_dir in sorted(glob.glob(pattern)):
             result = _pefthub_run(Path(run_dir))
             if result is not None:
@@ -64,8 +64,11 @@ def main(argv: list[str] | None = None) -> str:
     lines.append("| run | " + " | ".join(f"{t} [{manifest['entity_counts']['test'][t]}]" for t in types) + " |")
     lines.append("|---|" + "---|" * len(types))
     for label, results in rows.items():
-        cells = [f"{statistics.mean(r['per_type_f1'].get(t, 0.0) for r in results):.2f}" for t in types]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        typed = [r for r in results if r["per_type_f1"]]  # runs from before per-type logging have none
+        if not typed:
+            continue
+        cells = [f"{statistics.mean(r['per_type_f1'].get(t, 0.0) for r in typed):.2f}" for t in types]
+        lines.append(f"| {label} ({len(typed)} runs) | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     return text
