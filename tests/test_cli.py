@@ -1,4 +1,6 @@
-"""The `pefthub` command end to end on tiny-bert, in subprocesses (as a user runs it)."""
+"""The `pefthub` command end to end on tiny-bert: runs in subprocesses (as a user runs them);
+config parsing and flag errors in-process (``pefthub.cli.main``), which is the same code path
+without ~15 s of imports per call."""
 
 from __future__ import annotations
 
@@ -22,6 +24,24 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pefthub.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def _run_here(args: list[str], cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """``pefthub ARGS`` in this process (``--print_config`` and argument errors exit before
+    anything is built): the exit code and the captured output, shaped like :func:`_run`'s."""
+    from pefthub.cli import main
+
+    monkeypatch.chdir(cwd)
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    capsys.readouterr()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["pefthub", *args], code, out, err)
 
 
 def test_fit_then_test_through_the_cli_writes_logs_checkpoint_and_adapter(tmp_path):
@@ -56,17 +76,18 @@ def test_fit_with_test_after_fit_prints_test_metrics(tmp_path):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
-def test_every_shipped_config_parses_with_a_tiny_backbone(config, tmp_path):
-    result = _run(["fit", "-c", str(config), "--model.backbone", "tiny-bert", "--print_config"], tmp_path)
+def test_every_shipped_config_parses_with_a_tiny_backbone(config, tmp_path, capsys, monkeypatch):
+    result = _run_here(["fit", "-c", str(config), "--model.backbone", "tiny-bert", "--print_config"], tmp_path, capsys, monkeypatch)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backbone: tiny-bert" in result.stdout
 
 
 @pytest.mark.parametrize("fragment", TRAINER_FRAGMENTS, ids=lambda p: p.name)
-def test_every_trainer_fragment_parses_on_top_of_a_fit_config(fragment, tmp_path):
+def test_every_trainer_fragment_parses_on_top_of_a_fit_config(fragment, tmp_path, capsys, monkeypatch):
     import yaml
 
-    result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "-c", str(fragment), "--print_config"], tmp_path)
+    result = _run_here(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "-c", str(fragment), "--print_config"],
+                       tmp_path, capsys, monkeypatch)
     assert result.returncode == 0, result.stderr[-3000:]
     resolved = yaml.safe_load(result.stdout)["trainer"]
     for key, value in yaml.safe_load(fragment.read_text())["trainer"].items():
@@ -87,8 +108,8 @@ def test_deepspeed_strategy_names_are_registered():
         assert StrategyRegistry[name]["init_params"] == {"stage": stage}
 
 
-def test_unknown_flag_suggests_the_closest_key(tmp_path):
-    result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "--model.rnak", "4"], tmp_path)
+def test_unknown_flag_suggests_the_closest_key(tmp_path, capsys, monkeypatch):
+    result = _run_here(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "--model.rnak", "4"], tmp_path, capsys, monkeypatch)
     assert result.returncode == 2
     assert "unknown key 'model.rnak' in flag --model.rnak; did you mean 'rank'?" in result.stderr
 
@@ -101,10 +122,10 @@ def test_unknown_flag_suggests_the_closest_key(tmp_path):
         ("trainer:\n  max_epoch: 4\n", "unknown key 'trainer.max_epoch' in {path}; did you mean 'max_epochs'?"),
     ],
 )
-def test_yaml_key_typo_names_file_and_closest_key(tmp_path, yaml_text, message):
+def test_yaml_key_typo_names_file_and_closest_key(tmp_path, yaml_text, message, capsys, monkeypatch):
     typo = tmp_path / "typo.yaml"
     typo.write_text(yaml_text)
-    result = _run(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "-c", str(typo)], tmp_path)
+    result = _run_here(["fit", "-c", str(REPO / "configs" / "tiny" / "lora_sst2.yaml"), "-c", str(typo)], tmp_path, capsys, monkeypatch)
     assert result.returncode == 2
     assert message.format(path=typo) in result.stderr
     assert not (tmp_path / "runs").exists(), "nothing may be started or written"
