@@ -101,7 +101,7 @@ def _fit_one_batch(module, batch: dict[str, torch.Tensor], lr: float, steps: int
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
@@ -116,15 +116,17 @@ def _sst2_batch(backbone: str, rows: int, max_length: int) -> dict[str, torch.Te
 
 
 def test_unihyperlora_fits_a_small_batch_like_lora_on_a_tiny_backbone():
-    batch = _sst2_batch("tiny-bert", 16, 32)
+    """The fast stand-in for the real-MiniLM test below: 8 sst2 sentences, tiny random BERT;
+    UniHyperLoRA (40 AdamW steps, lr 1e-3) and LoRA r=8 (60 steps, lr 3e-3) both end under 0.05. (On this tiny host the
+    MLP-only generator fits too: the test guards the training path, the slow one the real host.)"""
+    batch = _sst2_batch("tiny-bert", 8, 64)
     torch.manual_seed(0)
     hyper = UniHyperLoRAModule(backbone="tiny-bert", head_dropout=0.0, max_flop_overhead=None)
+    hyper_losses = _fit_one_batch(hyper, batch, 1e-3, 40)
+    assert hyper_losses[-1] < 0.05, hyper_losses[::10]
     torch.manual_seed(0)
     lora = LoRAModule(backbone="tiny-bert", rank=8, alpha=16, dropout=0.0, head_dropout=0.0)
-    hyper_losses = _fit_one_batch(hyper, batch, 1e-2, 60)
-    lora_losses = _fit_one_batch(lora, batch, 1e-2, 60)
-    assert lora_losses[-1] < 0.05
-    assert hyper_losses[-1] < 0.05, hyper_losses[::10]
+    assert _fit_one_batch(lora, batch, 3e-3, 60)[-1] < 0.05
 
 
 @pytest.mark.slow
