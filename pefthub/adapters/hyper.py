@@ -178,6 +178,7 @@ class ProjectorGenerator(nn.Module):
             nn.init.zeros_(self.outer.bias)
             if width_feature:
                 self.inner.weight[:, -1].zero_()
+        self._basis_cache: dict = {}  # (d, device, positions) -> √(2e) [B, B]: no parameters, built once
 
     def _positions(self, d: int, positions: torch.Tensor | None) -> torch.Tensor:
         if positions is None:
@@ -198,13 +199,24 @@ class ProjectorGenerator(nn.Module):
             parts.append(torch.full((d, 1), math.log(d / self.d0) / math.log(16.0), device=device))
         return torch.cat(parts, dim=1)
 
+    def _scaled_basis(self, d: int, positions: torch.Tensor | None) -> torch.Tensor:
+        """``√(2e) [B(d), B(d)]`` (d, 2 d0), cached per width, device and coordinates (it is a
+        constant: caching it keeps the training step's op count where it was)."""
+        build = lambda: torch.cat([self.fourier_basis(d, positions)] * 2, dim=1) * math.sqrt(2.0 * generated_projector_energy())  # noqa: E731
+        if torch.compiler.is_compiling():
+            return build()
+        key = (d, self.frequencies.device, None if positions is None else (positions.data_ptr(), positions._version, positions.shape))
+        if key not in self._basis_cache:
+            with torch.no_grad(), torch.inference_mode(False):
+                self._basis_cache[key] = build()
+        return self._basis_cache[key]
+
     def forward(self, d: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if d < 1:
             raise ValueError(f"projector width must be >= 1, got {d}")
         grid = self.outer(F.gelu(self.inner(self.features(d, positions))))  # (d, 2 d0)
         if self.basis == "fourier":
-            basis = self.fourier_basis(d, positions) * math.sqrt(2.0 * generated_projector_energy())
-            grid = grid - grid.mean(0, keepdim=True) + torch.cat([basis, basis], dim=1)
+            grid = grid - grid.mean(0, keepdim=True) + self._scaled_basis(d, positions)
         p_out = grid[:, : self.d0] / math.sqrt(self.d0)
         p_in = grid[:, self.d0 :].t() / math.sqrt(d)
         return p_out, p_in
