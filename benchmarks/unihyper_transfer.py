@@ -24,6 +24,13 @@ head, a new head for the task is trained together with δθ for ``--delta-steps`
 host for the same steps (``mode: "head_only"``, adapter bypassed: a linear probe). The new head's
 parameter count is reported separately (``new_head_params``) from δθ's (``delta_params``).
 
+``--preset default|spec`` picks the source's settings from
+:data:`pefthub.methods.unihyperlora.PRESETS` (``spec``: the proposal's ≈4 kB generator, δθ frozen
+at the source, a gate that can fire fewer than 2 atoms, λ_F = 0.01). Every δθ phase (transfer
+and new task) uses ``--lambda-delta`` (λ_Q, default 1e-3 as in ``configs/unihyperlora/delta_sst2.yaml``;
+before issue 17 these phases ran with λ_Q = 0). Source records carry the preset and the
+measured mean number of firing atoms per token (``atoms_per_token``, on the test set).
+
 Every record is also appended to ``<out>/records.jsonl``.
 """
 
@@ -48,7 +55,7 @@ from pefthub.data import (
 )
 from pefthub.data.builtin_tasks import manifest
 from pefthub.methods.satlora import SATLoRAModule
-from pefthub.methods.unihyperlora import UniHyperLoRAModule
+from pefthub.methods.unihyperlora import PRESETS, UniHyperLoRAModule
 
 
 def _data(backbone: str, args, task: str = "sst2"):
@@ -118,7 +125,7 @@ def _train_source(args, out: Path) -> None:
     """Train UniHyperLoRA on the source host (sst2) and save it quantised to ``<out>/adapter``."""
     seed_everything(args.seed)
     adamw = partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
-    source = UniHyperLoRAModule(backbone=args.source, optimizer=adamw, lambda_delta=1e-3, max_flop_overhead=None)
+    source = UniHyperLoRAModule(backbone=args.source, optimizer=adamw, max_flop_overhead=None, **PRESETS[args.preset])
     flops = flop_overhead(source, seq_len=128)
     flops_train = flop_overhead(source, seq_len=128, amortized=False)
     _emit(args, {"what": "flops", "seed": args.seed, "host": args.source, "seq_len": 128, **flops,
@@ -131,8 +138,20 @@ def _train_source(args, out: Path) -> None:
     fp32_acc = _test(source, data)
     source.save_adapter(out / "adapter")
     size = adapter_file_bytes(out / "adapter")
-    _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "train_examples": args.train_limit,
-           "epochs": args.epochs, "train_s": round(train_s, 1), "test_accuracy_fp32": fp32_acc, "adapter_bytes": size})
+    _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "preset": args.preset,
+           "train_examples": args.train_limit, "epochs": args.epochs, "train_s": round(train_s, 1),
+           "test_accuracy_fp32": fp32_acc, "adapter_bytes": size, "atoms_per_token": _atoms_per_token(source, data)})
+
+
+def _atoms_per_token(module, data) -> float:
+    """Mean number of firing atoms per real token over the test set (``test/atoms_per_token``
+    is not logged by test steps, so it is measured here batch by batch)."""
+    values = []
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            module(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+            values.append(float(module.hyper.active_atoms()))
+    return sum(values) / max(1, len(values))
 
 
 def _transfer(hosts: list[str], args, out: Path) -> None:
@@ -140,7 +159,8 @@ def _transfer(hosts: list[str], args, out: Path) -> None:
     host) tune δθ only for ``delta_steps`` steps."""
     for host in hosts:
         seed_everything(args.seed)
-        module = UniHyperLoRAModule(backbone=host, init_adapter=str(out / "adapter"), max_flop_overhead=None).eval()
+        module = UniHyperLoRAModule(backbone=host, init_adapter=str(out / "adapter"), lambda_delta=args.lambda_delta,
+                                    max_flop_overhead=None).eval()
         data = _data(host, args)
         zero_shot = _test(module, data)
         with module.hyper.bypassed():  # the adapter's head on the bare host: what the adapter itself adds
@@ -156,7 +176,7 @@ def _transfer(hosts: list[str], args, out: Path) -> None:
             _trainer(out / "fits" / f"delta-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
                      callbacks=[DeltaTuning(steps=args.delta_steps)]).fit(module, datamodule=data)
             module.eval()
-            record.update({"delta_steps": args.delta_steps, "delta_s": round(time.perf_counter() - started, 1),
+            record.update({"delta_steps": args.delta_steps, "lambda_delta": args.lambda_delta, "delta_s": round(time.perf_counter() - started, 1),
                            "after_delta_accuracy": _test(module, data)})
         _emit(args, record)
 
@@ -171,7 +191,7 @@ def _new_task(host: str, task: str, args, out: Path) -> None:
         seed_everything(args.seed)
         module = UniHyperLoRAModule(
             backbone=host, num_labels=data.num_labels, task_type=data.task_type, label_names=data.label_names,
-            init_adapter=str(out / "adapter"), init_head=False, max_flop_overhead=None,
+            init_adapter=str(out / "adapter"), init_head=False, lambda_delta=args.lambda_delta, max_flop_overhead=None,
             optimizer=partial(torch.optim.AdamW, lr=args.delta_lr, weight_decay=0.0),
         )
         started = time.perf_counter()
@@ -207,6 +227,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--delta-steps", type=int, default=100)
     parser.add_argument("--delta-lr", type=float, default=1e-2)
+    parser.add_argument("--lambda-delta", type=float, default=1e-3, help="λ_Q of every δθ phase (transfer and new task)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="the source's UniHyperLoRA preset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default="runs/unihyper-transfer")
     parser.add_argument("--satlora", choices=("off", "also", "only"), default="off",

@@ -104,17 +104,37 @@ def block_name(site_name: str) -> str | None:
 
 # --------------------------------------------------------------------------- generator
 
+PROJECTOR_BASES: tuple[str, ...] = ("fourier", "none")
+
 
 class ProjectorGenerator(nn.Module):
     """h_ψ: width d (and optional unit coordinates) -> ``P_out(d) ∈ R^{d×d0}``, ``P_in(d) ∈ R^{d0×d}``.
 
+    Row i of ``G(d) ∈ R^{d×2d0}`` is ``√(2e) [b(t_i), b(t_i)] + (MLP_ψ(φ(t_i)) − mean_i MLP_ψ(φ(t_i)))``
+    with ``basis="fourier"``, and ``MLP_ψ(φ(t_i))`` alone with ``basis="none"`` (the generator
+    before issue 17). ``b(t)_c = cos(2π f_c t + β_c)`` with ``f_c = ⌊c/2⌋ + 1`` and
+    ``β_c ∈ {0, −π/2}`` (a cosine and a sine per frequency; no constant column): on the midpoint
+    grid ``t_i = (i + ½)/d`` its d0 columns are exactly orthogonal whenever ``d > d0``, so the
+    projectors have full rank d0 with equal singular values at every width, from no parameters.
+    ``e`` = :func:`generated_projector_energy` (≈ 3.65) keeps ``E[G²]`` what the MLP-only generator
+    starts with, so the update starts at the scale it always had, and at the scale of SAT-LoRA's
+    learned projectors (which are initialised to that energy).
+    The MLP part starts at zero (last layer zero-initialised) and is centred over the units:
+    a component constant over the units is what a post-LayerNorm host removes, and it is what
+    the MLP-only generator's projectors were made of (one singular value 7× the next at
+    initialisation, participation ratio 1.4 of 256 on MiniLM-L6's widths), so that source
+    training barely learnt (docs/methods/unihyperlora.md, "Why the source did not learn").
+
     Args:
         d0: canonical width.
-        num_frequencies: number F of Fourier frequencies (geometric from 1 to ``max_frequency``).
-        max_frequency: highest frequency, in cycles over the unit coordinate range [0, 1).
-        hidden: width of the MLP's hidden layer (bounds the projectors' rank).
+        num_frequencies: number F of Fourier frequencies of the MLP's features (geometric from 1
+            to ``max_frequency``).
+        max_frequency: highest of them, in cycles over the unit coordinate range [0, 1).
+        hidden: width of the MLP's hidden layer (its parameter count is ``(2F + 2) hidden +
+            2 d0 (hidden + 1)``; with ``basis="none"`` it also bounds the projectors' rank).
         width_feature: append ``ln(d / d0) / ln 16`` to the features (its input weights start at
             zero, so an untrained width feature changes nothing).
+        basis: ``fourier`` (the fixed orthogonal part above) or ``none``.
     """
 
     def __init__(
@@ -124,17 +144,26 @@ class ProjectorGenerator(nn.Module):
         max_frequency: float = 64.0,
         hidden: int = 256,
         width_feature: bool = True,
+        basis: str = "fourier",
     ) -> None:
         super().__init__()
         if num_frequencies < 1:
             raise ValueError(f"model.num_frequencies must be >= 1, got {num_frequencies}")
         if max_frequency < 1:
             raise ValueError(f"model.max_frequency must be >= 1, got {max_frequency}")
+        if hidden < 1:
+            raise ValueError(f"model.generator_hidden must be >= 1, got {hidden}")
+        if basis not in PROJECTOR_BASES:
+            raise ValueError(f"model.projector_basis must be one of {PROJECTOR_BASES}, got {basis!r}")
         self.d0 = d0
         self.width_feature = width_feature
+        self.basis = basis
         self.max_frequency = float(max_frequency)
         frequencies = torch.logspace(0, math.log10(max_frequency), num_frequencies, dtype=torch.float64)
         self.register_buffer("frequencies", frequencies.float(), persistent=False)
+        columns = torch.arange(d0)
+        self.register_buffer("basis_frequencies", (columns // 2 + 1).float(), persistent=False)
+        self.register_buffer("basis_phases", (columns % 2).float() * (-math.pi / 2), persistent=False)
         in_features = 2 * num_frequencies + int(width_feature)
         self.inner = nn.Linear(in_features, hidden)
         self.outer = nn.Linear(hidden, 2 * d0)
@@ -142,26 +171,52 @@ class ProjectorGenerator(nn.Module):
             # features are O(1); this keeps G's entries O(1) as well
             nn.init.normal_(self.inner.weight, std=1.0 / math.sqrt(2 * num_frequencies))
             nn.init.uniform_(self.inner.bias, -math.pi, math.pi)
-            nn.init.normal_(self.outer.weight, std=1.0 / math.sqrt(hidden) * math.sqrt(2.0))
+            if basis == "fourier":  # the basis alone at start: exactly orthogonal projectors
+                nn.init.zeros_(self.outer.weight)
+            else:
+                nn.init.normal_(self.outer.weight, std=1.0 / math.sqrt(hidden) * math.sqrt(2.0))
             nn.init.zeros_(self.outer.bias)
             if width_feature:
                 self.inner.weight[:, -1].zero_()
+        self._basis_cache: dict = {}  # (d, device, positions) -> √(2e) [B, B]: no parameters, built once
+
+    def _positions(self, d: int, positions: torch.Tensor | None) -> torch.Tensor:
+        if positions is None:
+            return (torch.arange(d, device=self.frequencies.device, dtype=torch.float32) + 0.5) / d
+        return positions.to(self.frequencies.device, torch.float32)
+
+    def fourier_basis(self, d: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``B(d) ∈ R^{d×d0}``, ``B_ic = cos(2π f_c t_i + β_c)`` (no parameters)."""
+        angles = 2 * math.pi * self._positions(d, positions)[:, None] * self.basis_frequencies[None, :]
+        return torch.cos(angles + self.basis_phases[None, :])
 
     def features(self, d: int, positions: torch.Tensor | None = None) -> torch.Tensor:
         """φ, shape (d, 2F [+1]): Fourier features of the unit coordinates (+ the width feature)."""
         device = self.frequencies.device
-        if positions is None:
-            positions = (torch.arange(d, device=device, dtype=torch.float32) + 0.5) / d
-        angles = 2 * math.pi * positions.to(device, torch.float32)[:, None] * self.frequencies[None, :]
+        angles = 2 * math.pi * self._positions(d, positions)[:, None] * self.frequencies[None, :]
         parts = [torch.sin(angles), torch.cos(angles)]
         if self.width_feature:
             parts.append(torch.full((d, 1), math.log(d / self.d0) / math.log(16.0), device=device))
         return torch.cat(parts, dim=1)
 
+    def _scaled_basis(self, d: int, positions: torch.Tensor | None) -> torch.Tensor:
+        """``√(2e) [B(d), B(d)]`` (d, 2 d0), cached per width, device and coordinates (it is a
+        constant: caching it keeps the training step's op count where it was)."""
+        build = lambda: torch.cat([self.fourier_basis(d, positions)] * 2, dim=1) * math.sqrt(2.0 * generated_projector_energy())  # noqa: E731
+        if torch.compiler.is_compiling():
+            return build()
+        key = (d, self.frequencies.device, None if positions is None else (positions.data_ptr(), positions._version, positions.shape))
+        if key not in self._basis_cache:
+            with torch.no_grad(), torch.inference_mode(False):
+                self._basis_cache[key] = build()
+        return self._basis_cache[key]
+
     def forward(self, d: int, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if d < 1:
             raise ValueError(f"projector width must be >= 1, got {d}")
         grid = self.outer(F.gelu(self.inner(self.features(d, positions))))  # (d, 2 d0)
+        if self.basis == "fourier":
+            grid = grid - grid.mean(0, keepdim=True) + self._scaled_basis(d, positions)
         p_out = grid[:, : self.d0] / math.sqrt(self.d0)
         p_in = grid[:, self.d0 :].t() / math.sqrt(d)
         return p_out, p_in
@@ -177,7 +232,8 @@ UPDATE_IMPLS: tuple[str, ...] = ("auto", "sparse", "dense")
 
 @cache
 def generated_projector_energy() -> float:
-    """``E[G_ij²]`` of a freshly initialised :class:`ProjectorGenerator`, so that learned projectors
+    """``E[G_ij²]`` of a freshly initialised :class:`ProjectorGenerator` (``basis="none"``: the MLP's
+    output; ``basis="fourier"`` scales its basis to the same value), so that learned projectors
     can start at the same scale (it is ``‖P_in‖²_F / d0`` and ``‖P_out‖²_F / d`` in expectation).
 
     With F frequencies ``‖φ‖² = Σ_f sin² + cos² = F`` exactly and the first-layer weights have
@@ -323,6 +379,8 @@ class HyperShared(nn.Module):
             by :meth:`add_projectors` for the host's widths; other widths are an error.
         num_frequencies, max_frequency, generator_hidden, width_feature: see
             :class:`ProjectorGenerator` (generated projectors only).
+        projector_basis: ``fourier`` (fixed orthogonal Fourier part + centred MLP) or ``none``
+            (MLP alone, the generator before issue 17); see :class:`ProjectorGenerator`.
         mixer_hidden: hidden width of the sine mixer.
         mixer_omega: std of the mixer's first-layer weights (the sine's frequency scale).
         num_tasks: rows of the router's task-embedding table.
@@ -356,6 +414,7 @@ class HyperShared(nn.Module):
         scale: float = 1.0,
         projector: str = "generated",
         update_impl: str = "auto",
+        projector_basis: str = "fourier",
     ) -> None:
         super().__init__()
         if update_impl not in UPDATE_IMPLS:
@@ -376,7 +435,7 @@ class HyperShared(nn.Module):
         self.atoms_V = nn.Parameter(torch.randn(num_atoms, d0) / math.sqrt(d0))
         self.projector = projector
         if projector == "generated":
-            self.generator = ProjectorGenerator(d0, num_frequencies, max_frequency, generator_hidden, width_feature)
+            self.generator = ProjectorGenerator(d0, num_frequencies, max_frequency, generator_hidden, width_feature, projector_basis)
             self.learned = None
         else:  # SAT-LoRA: no h_ψ at all
             self.generator = None
@@ -412,6 +471,7 @@ class HyperShared(nn.Module):
                 "max_frequency": gen.max_frequency,
                 "generator_hidden": gen.inner.out_features,
                 "width_feature": gen.width_feature,
+                "projector_basis": gen.basis,
             }
         else:
             projector = {"projector": "learned", "widths": self.learned.widths}

@@ -40,7 +40,10 @@ STRUCTURAL_KEYS = (
     "num_tasks",
     "task_dim",
     "max_frequency",
+    "projector_basis",
 )
+# Defaults for keys that adapter files written before they existed lack (what those files meant).
+LEGACY_HYPER_DEFAULTS = {"projector_basis": "none"}
 # The same for learned (SAT-LoRA) projectors: there is no generator.
 LEARNED_STRUCTURAL_KEYS = ("num_atoms", "d0", "mixer_hidden", "num_tasks", "task_dim")
 # Runtime settings a transfer takes from the file too (they change the adapter's function).
@@ -52,6 +55,31 @@ INT8_TENSORS = (
     "hyper.generator.inner.weight",
     "hyper.generator.outer.weight",
 )
+
+
+# Named presets: the model settings that distinguish them (YAML files and benchmarks use these;
+# tests check that configs/unihyperlora/{sst2,spec_sst2}.yaml agree). docs/methods/unihyperlora.md
+# lists every departure of "default" from the proposal and why it is kept.
+PRESETS: dict[str, dict[str, Any]] = {
+    # the design shipped before issue 17 (with the projector fix): a 140k-parameter generator,
+    # δθ trained with everything else at the source, always k = 2 atoms per token
+    "default": {
+        "generator_hidden": 256,
+        "train_delta": True,
+        "threshold": 0.0,
+        "lambda_flops": 0.0,
+        "lambda_delta": 0.001,
+    },
+    # the proposal: generator ≈ 4 kB, δθ frozen at the source (tuned only in the δθ phase),
+    # a gate that can fire fewer than 2 atoms and a FLOP term λ_F E[k] > 0, λ_Q in every phase
+    "spec": {
+        "generator_hidden": 4,
+        "train_delta": False,
+        "threshold": 0.5,
+        "lambda_flops": 0.01,
+        "lambda_delta": 0.001,
+    },
+}
 
 
 def storage_scheme(name: str, quantize: bool = True) -> str:
@@ -71,7 +99,17 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     config_path = path / CONFIG_NAME if path.is_dir() else path.with_name(CONFIG_NAME)
     with open(config_path, encoding="utf-8") as handle:
-        return json.load(handle)
+        return with_legacy_defaults(json.load(handle))
+
+
+def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``config["hyper"]`` (generated projectors) with :data:`LEGACY_HYPER_DEFAULTS` where an
+    older file lacks a key, so an adapter saved before that key existed loads as it was trained."""
+    hyper = config.get("hyper")
+    if isinstance(hyper, dict) and hyper.get("projector") != "learned":
+        for key, value in LEGACY_HYPER_DEFAULTS.items():
+            hyper.setdefault(key, value)
+    return config
 
 
 class UniHyperLoRAModule(PEFTModule):
@@ -86,6 +124,12 @@ class UniHyperLoRAModule(PEFTModule):
         max_frequency: highest of them (cycles over the width); they are geometric from 1.
         generator_hidden: hidden width of the generator MLP (bounds the projectors' rank).
         width_feature: give the generator ``ln(d/d0)`` as an extra feature.
+        projector_basis: ``fourier``: the projectors are a fixed orthogonal Fourier basis of the
+            unit coordinate plus the (zero-initialised, unit-centred) generator MLP, full rank
+            at every width; ``none``: the MLP alone, as before issue 17 (its projectors start
+            with one dominant direction, constant over the units, and source training barely
+            learns; kept to load older adapter files). Adapter files without the key load as
+            ``none``.
         mixer_hidden: hidden width of the sine mixer g_θ (≈2k parameters at 16).
         mixer_omega: std of the mixer's first-layer weights (sine frequency scale).
         num_tasks: rows of the router's task-embedding table.
@@ -105,6 +149,10 @@ class UniHyperLoRAModule(PEFTModule):
             builtin families (types: q, k, v, o, ffn_gate, ffn_in, ffn_out).
         lambda_flops: λ_F of the budget loss ``λ_F E[k] + λ_Q ‖δθ‖²`` (E[k]: mean Σ_{j∈S} π_j per token).
         lambda_delta: λ_Q of the budget loss.
+        train_delta: train δθ together with everything else at the source (``true``, the
+            ``default`` preset) or keep it frozen at zero until a δθ phase
+            (:class:`~pefthub.callbacks.transfer.DeltaTuning`) unfreezes it (``false``, the
+            proposal; the ``spec`` preset).
         quantize: store U, V, router, generator int8 and the mixer int4 (``false``: float32).
         init_adapter: an adapter directory to start from (a transfer or δθ run); its
             structural settings (num_atoms, d0, num_frequencies, generator_hidden,
@@ -132,6 +180,7 @@ class UniHyperLoRAModule(PEFTModule):
         max_frequency: float = 64.0,
         generator_hidden: int = 256,
         width_feature: bool = True,
+        projector_basis: str = "fourier",
         mixer_hidden: int = 16,
         mixer_omega: float = 2.0,
         num_tasks: int = 1,
@@ -145,6 +194,7 @@ class UniHyperLoRAModule(PEFTModule):
         module_types: dict[str, str] | None = None,
         lambda_flops: float = 0.0,
         lambda_delta: float = 0.0,
+        train_delta: bool = True,
         quantize: bool = True,
         init_adapter: str | None = None,
         init_head: bool = True,
@@ -164,6 +214,7 @@ class UniHyperLoRAModule(PEFTModule):
             max_frequency=max_frequency,
             generator_hidden=generator_hidden,
             width_feature=width_feature,
+            projector_basis=projector_basis,
             mixer_hidden=mixer_hidden,
             mixer_omega=mixer_omega,
             num_tasks=num_tasks,
@@ -184,12 +235,15 @@ class UniHyperLoRAModule(PEFTModule):
         self.module_types = dict(module_types or {})
         self.lambda_flops = lambda_flops
         self.lambda_delta = lambda_delta
+        self.train_delta = bool(train_delta)
         self.quantize = quantize
         self.max_adapter_bytes = max_adapter_bytes
         self.max_flop_overhead = max_flop_overhead
         self.budget_seq_len = budget_seq_len
         self.sites: list[AdapterSite] = []
         super().__init__(**kwargs)
+        if not self.train_delta:  # stays zero at the source; DeltaTuning unfreezes it later
+            self.hyper.mixer.delta.requires_grad_(False)
         if init_adapter is not None:
             self.load_adapter(init_adapter, load_head=init_head)
 
@@ -333,6 +387,7 @@ class UniHyperLoRAModule(PEFTModule):
             load_head: also load the task head (it must have this module's number of labels).
         """
         config, tensors = load_adapter(path)
+        config = with_legacy_defaults(config)
         if config["method"] != self.method_name:
             raise ValueError(f"{path}: adapter was saved by method {config['method']!r}, this module is {self.method_name!r}")
         own_config = self.hyper.config()
