@@ -179,6 +179,9 @@ class ProjectorGenerator(nn.Module):
             if width_feature:
                 self.inner.weight[:, -1].zero_()
         self._basis_cache: dict = {}  # (d, device, positions) -> √(2e) [B, B]: no parameters, built once
+        # √(2e) as a plain float: computing it (a cached quadrature) inside a compiled forward
+        # would break the graph at every layer
+        self._basis_scale = math.sqrt(2.0 * generated_projector_energy())
 
     def _positions(self, d: int, positions: torch.Tensor | None) -> torch.Tensor:
         if positions is None:
@@ -202,7 +205,7 @@ class ProjectorGenerator(nn.Module):
     def _scaled_basis(self, d: int, positions: torch.Tensor | None) -> torch.Tensor:
         """``√(2e) [B(d), B(d)]`` (d, 2 d0), cached per width, device and coordinates (it is a
         constant: caching it keeps the training step's op count where it was)."""
-        build = lambda: torch.cat([self.fourier_basis(d, positions)] * 2, dim=1) * math.sqrt(2.0 * generated_projector_energy())  # noqa: E731
+        build = lambda: torch.cat([self.fourier_basis(d, positions)] * 2, dim=1) * self._basis_scale  # noqa: E731
         if torch.compiler.is_compiling():
             return build()
         key = (d, self.frequencies.device, None if positions is None else (positions.data_ptr(), positions._version, positions.shape))
