@@ -32,15 +32,20 @@ METHODS = {
 }
 
 
+def _perturb(module) -> None:
+    """Move every trained float tensor off its initial value (a fresh module would then differ)."""
+    with torch.no_grad():
+        for tensor in module.adapter_tensors().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.randn_like(tensor) * 0.05)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 def test_init_adapter_round_trip_gives_equal_outputs(method, tmp_path, batch):
     cls, kwargs = METHODS[method]
     torch.manual_seed(0)
     source = cls(backbone="tiny-bert", head_dropout=0.0, **kwargs).eval()
-    with torch.no_grad():  # move every trained float tensor off its initial value
-        for tensor in source.adapter_tensors().values():
-            if tensor.is_floating_point():
-                tensor.add_(torch.randn_like(tensor) * 0.05)
+    _perturb(source)
     source.save_adapter(tmp_path)
     expected = source(**batch)
 
@@ -61,9 +66,7 @@ def test_init_adapter_imports_a_peft_lora_directory_on_the_fly(tmp_path, batch):
 
     torch.manual_seed(0)
     source = LoRAModule(backbone="tiny-bert", rank=4, alpha=8, head_dropout=0.0).eval()
-    with torch.no_grad():
-        for tensor in source.adapter_tensors().values():
-            tensor.add_(torch.randn_like(tensor) * 0.05)
+    _perturb(source)
     source.save_adapter(tmp_path / "pefthub")
     export_to_peft(tmp_path / "pefthub", tmp_path / "peft")
     loaded = LoRAModule(backbone="tiny-bert", rank=4, alpha=8, head_dropout=0.0, init_adapter=str(tmp_path / "peft")).eval()
@@ -84,10 +87,7 @@ def test_an_adapter_directory_alone_rebuilds_the_model_for_every_method(method, 
     cls, kwargs = METHODS[method]
     torch.manual_seed(0)
     source = cls(backbone="tiny-bert", head_dropout=0.0, label_names=["neg", "pos"], **kwargs).eval()
-    with torch.no_grad():
-        for tensor in source.adapter_tensors().values():
-            if tensor.is_floating_point():
-                tensor.add_(torch.randn_like(tensor) * 0.05)
+    _perturb(source)
     source.save_adapter(tmp_path)
     write_usage(tmp_path, usage_record(source, None))
     reference = cls(backbone="tiny-bert", head_dropout=0.0, **kwargs).eval()
@@ -100,9 +100,7 @@ def test_an_adapter_directory_alone_rebuilds_the_model_for_every_method(method, 
 def test_init_adapter_applies_the_files_scaling_whatever_alpha_is_configured(tmp_path, batch):
     torch.manual_seed(0)
     source = LoRAModule(backbone="tiny-bert", rank=4, alpha=8, head_dropout=0.0).eval()
-    with torch.no_grad():
-        for tensor in source.adapter_tensors().values():
-            tensor.add_(torch.randn_like(tensor) * 0.05)
+    _perturb(source)
     source.save_adapter(tmp_path)
     loaded = LoRAModule(backbone="tiny-bert", rank=4, alpha=32, head_dropout=0.0, init_adapter=str(tmp_path)).eval()
     torch.testing.assert_close(loaded(**batch), source(**batch), rtol=1e-5, atol=1e-6)

@@ -354,9 +354,10 @@ class PEFTModule(LightningModule):
         if "labels" not in batch:
             return
         loss = self.task_loss(logits, batch["labels"])
-        metrics.update(logits.argmax(-1), batch["labels"])
+        predicted = logits.argmax(-1)
+        metrics.update(predicted, batch["labels"])
         if stage == "test" and self.test_entity_types is not None:
-            self.test_entity_types.update(logits.argmax(-1), batch["labels"])
+            self.test_entity_types.update(predicted, batch["labels"])
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=logits.shape[0], sync_dist=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
 
