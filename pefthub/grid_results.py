@@ -32,8 +32,8 @@ def adapter_figures(adapter_dir: Path) -> dict[str, Any]:
     head excluded)."""
     from safetensors import safe_open
 
-    from pefthub.adapters.io import CONFIG_NAME as ADAPTER_CONFIG
     from pefthub.adapters.io import WEIGHTS_NAME
+    from pefthub.budget import adapter_file_bytes
 
     weights = adapter_dir / WEIGHTS_NAME
     if not weights.is_file():
@@ -47,8 +47,7 @@ def adapter_figures(adapter_dir: Path) -> dict[str, Any]:
                 for size in shape:
                     count *= int(size)
                 params += count
-    size = weights.stat().st_size + (adapter_dir / ADAPTER_CONFIG).stat().st_size
-    return {"adapter_params": params, "adapter_bytes": size}
+    return {"adapter_params": params, "adapter_bytes": adapter_file_bytes(adapter_dir)}
 
 
 def hardware(config: dict[str, Any] | None = None, threads: int | None = None) -> dict[str, Any]:
