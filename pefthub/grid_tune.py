@@ -7,6 +7,7 @@ Experiment file::
       params:                       # dotted keys, as in `overrides`
         model.optimizer.lr: {low: 1.0e-4, high: 3.0e-2, log: true}   # a float range
         model.dropout: [0.0, 0.1]                                   # or a list of choices
+        model.optimizer.lr: {factors: [0.3333, 1, 3]}   # or multiples of each group's own configured value
       trials: 8                     # per study (default: every combination for `grid`, else 8)
       sampler: tpe                  # tpe | random | grid (grid: lists only; every combination once, in order)
       seed: 0                       # the trials' training seed and the sampler's seed (default: the first seed)
@@ -44,6 +45,7 @@ TUNE_KEYS = {"params", "trials", "sampler", "seed", "metric", "direction"}
 SAMPLERS = ("tpe", "random", "grid")
 DIRECTIONS = ("maximize", "minimize")
 RANGE_KEYS = {"low", "high", "log"}
+FACTOR_KEYS = {"factors"}
 DB_NAME = "tuning.db"
 TRIALS_NAME = "tuning.csv"
 
@@ -83,6 +85,12 @@ def load_tune(block: Any, where: str, default_seed: int) -> TuneSpec | None:
         if isinstance(space, list):
             if not space:
                 raise GridConfigError(f"{at} is an empty list; expected the values to try")
+        elif isinstance(space, dict) and "factors" in space:
+            factors = space["factors"]
+            if set(space) != FACTOR_KEYS or not isinstance(factors, list) or not factors or not all(
+                isinstance(f, int | float) and not isinstance(f, bool) and f > 0 for f in factors
+            ):
+                raise GridConfigError(f"{at} must be {{factors: [<number > 0>, ...]}} (multiples of the configured value), got {space!r}")
         elif isinstance(space, dict):
             if set(space) - RANGE_KEYS or not {"low", "high"} <= set(space):
                 raise GridConfigError(f"{at} must be {{low: <number>, high: <number>, log: <bool>}}, got keys {sorted(space)}")
@@ -96,9 +104,9 @@ def load_tune(block: Any, where: str, default_seed: int) -> TuneSpec | None:
     sampler = block.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise GridConfigError(f"{where}: tune.sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
-    if sampler == "grid" and not all(isinstance(s, list) for s in params.values()):
-        raise GridConfigError(f"{where}: tune.sampler grid needs every tune.params entry to be a list of values")
-    combinations = math.prod(len(s) for s in params.values()) if sampler == "grid" else 8
+    if sampler == "grid" and not all(isinstance(s, list) or "factors" in s for s in params.values()):
+        raise GridConfigError(f"{where}: tune.sampler grid needs every tune.params entry to be a list of values or factors")
+    combinations = math.prod(len(_choices(s)) for s in params.values()) if sampler == "grid" else 8
     trials = block.get("trials", combinations)
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise GridConfigError(f"{where}: tune.trials must be a whole number >= 1, got {trials!r}")
@@ -112,6 +120,41 @@ def load_tune(block: Any, where: str, default_seed: int) -> TuneSpec | None:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise GridConfigError(f"{where}: tune.seed must be a whole number, got {seed!r}")
     return TuneSpec(params=dict(params), trials=trials, sampler=sampler, seed=seed, metric=metric, direction=direction)
+
+
+def _choices(space: Any) -> list[Any]:
+    return space["factors"] if isinstance(space, dict) else space
+
+
+def get_dotted(config: dict[str, Any], key: str) -> Any:
+    """The value a dotted key names (``model.rank`` reads ``model.init_args.rank``, as
+    :func:`pefthub.grid_spec.set_dotted` writes it); ``None`` when absent."""
+    node: Any = config
+    for part in key.split("."):
+        if isinstance(node, dict) and "class_path" in node and part not in ("class_path", "init_args"):
+            node = node.get("init_args") or {}
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def resolve_factors(spec: TuneSpec, base: RunSpec) -> TuneSpec:
+    """``spec`` with every ``{factors: [...]}`` space turned into the list of ``factor × value``,
+    ``value`` being what the group's config sets for that key (rounded to 4 significant digits):
+    "three learning rates around each method's own" in one block for every method."""
+    params = {}
+    for key, space in spec.params.items():
+        if isinstance(space, dict) and "factors" in space:
+            value = get_dotted(base.config, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise GridConfigError(
+                    f"tune.params.{key}: factors multiply the configured value, but the config of {base.group} "
+                    f"sets {key} to {value!r}; set a number there (or give this key a list / range)"
+                )
+            space = [float(f"{value * factor:.4g}") for factor in space["factors"]]
+        params[key] = space
+    return dataclasses.replace(spec, params=params)
 
 
 def _sampler(spec: TuneSpec):
@@ -202,14 +245,16 @@ def tune_runs(runs: list[RunSpec], spec: TuneSpec, folder: Path, make_runner: Ca
     for run in runs:
         bases.setdefault(run.group, run)
     names = {group: study_name(base, spec) for group, base in bases.items()}
+    group_specs = {group: resolve_factors(spec, base) for group, base in bases.items()}
     studies = {
         group: optuna.create_study(study_name=names[group], storage=storage, direction=spec.direction,
                                    sampler=_sampler(spec), load_if_exists=True)
         for group in bases
     }
     if spec.sampler == "grid":  # Optuna's GridSampler stops the study from inside `tell`, which ask/tell cannot take
-        combinations = [dict(zip(spec.params, values, strict=True)) for values in itertools.product(*spec.params.values())]
-        for study in studies.values():
+        for group, study in studies.items():
+            params_of = group_specs[group].params
+            combinations = [dict(zip(params_of, values, strict=True)) for values in itertools.product(*params_of.values())]
             for params in combinations[: spec.trials]:
                 study.enqueue_trial(params, skip_if_exists=True)
     states = optuna.trial.TrialState
@@ -229,7 +274,7 @@ def tune_runs(runs: list[RunSpec], spec: TuneSpec, folder: Path, make_runner: Ca
             for group, study in studies.items():
                 if len(batch) < jobs and len(study.get_trials(deepcopy=False, states=spent)) < spec.trials:
                     trial = study.ask()
-                    batch.append((group, trial.number, _suggest(trial, spec)))
+                    batch.append((group, trial.number, _suggest(trial, group_specs[group])))
                     asked = True
         if not batch:
             break

@@ -5,6 +5,7 @@ trains with the choice and records it in results.csv."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,14 @@ import yaml
 
 from pefthub.grid import GridConfigError, GridRunner, expand
 from pefthub.grid import main as grid_main
-from pefthub.grid_tune import DB_NAME, TRIALS_NAME, load_tune, study_name, tune_runs
+from pefthub.grid_tune import (
+    DB_NAME,
+    TRIALS_NAME,
+    load_tune,
+    resolve_factors,
+    study_name,
+    tune_runs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LR = "model.optimizer.lr"
@@ -42,6 +50,9 @@ def _experiment(tmp_path: Path, tune: dict | None = None) -> Path:
         ({"params": {LR: CHOICES}, "metric": "accuracy"}, "tune.metric must be a validation metric"),
         ({"params": {LR: CHOICES}, "sampler": "cmaes"}, "tune.sampler must be one of"),
         ({"params": {LR: CHOICES}, "trails": 3}, "tune: unknown key"),
+        ({"params": {LR: {"factors": []}}}, r"must be \{factors: \[<number > 0>"),
+        ({"params": {LR: {"factors": [0.5, -1]}}}, r"must be \{factors: \[<number > 0>"),
+        ({"params": {LR: {"factors": [1], "low": 1}}}, r"must be \{factors: \[<number > 0>"),
     ],
 )
 def test_bad_tune_blocks_fail_with_the_key_named(block, message):
@@ -116,3 +127,43 @@ def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path):
         (stored,) = list(csv.DictReader(handle))
     assert float(stored[f"tuned/{LR}"]) == chosen and stored["tune_metric"] == "val/accuracy"
     assert yaml.safe_load((tuned[0].run_dir / "grid_config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == chosen
+
+
+def test_factors_try_multiples_of_each_methods_own_lr(tmp_path):
+    """`{factors: [...]}` tunes around every group's configured value (the fair protocol: three
+    learning rates around each method's own), and the best validation score picks the value."""
+    import math
+
+    experiment = _experiment(tmp_path, {"params": {LR: {"factors": [0.1, 1, 10]}}, "sampler": "grid"})
+    spec = yaml.safe_load(experiment.read_text())
+    lora = str(REPO / "configs" / "tiny" / "lora_sst2.yaml")
+    spec["methods"] = {"fast": {"config": lora, "overrides": {LR: 0.02}}, "slow": {"config": lora, "overrides": {LR: 0.0005}}}
+    experiment.write_text(yaml.safe_dump(spec))
+    runs = expand(experiment, runs_dir=tmp_path / "runs")
+    tune = load_tune(spec["tune"], "exp.yaml", 0)
+    assert tune.trials == 3
+    by_method = {run.method: run for run in runs}
+    assert resolve_factors(tune, by_method["fast"]).params[LR] == [0.002, 0.02, 0.2]
+    assert resolve_factors(tune, by_method["slow"]).params[LR] == [5e-05, 0.0005, 0.005]
+
+    best = {"fast": 0.2, "slow": 5e-05}  # a made-up validation surface peaking at these values
+    tried: dict[str, list[float]] = {}
+
+    class Scorer:  # stands in for GridRunner: scores a trial from its lr, trains nothing
+        def __init__(self, trial_runs, collect):
+            self.trial_runs = trial_runs
+
+        def run(self):
+            rows = []
+            for run in self.trial_runs:
+                lr = run.config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+                tried.setdefault(run.method, []).append(lr)
+                rows.append({"run_id": run.run_id, "status": "ok", "primary_value": -abs(math.log(lr / best[run.method]))})
+            return rows
+
+    tuned = tune_runs(runs, tune, runs[0].run_dir.parent, Scorer, jobs=2, out=lambda line: None)
+    assert {m: sorted(v) for m, v in tried.items()} == {"fast": [0.002, 0.02, 0.2], "slow": [5e-05, 0.0005, 0.005]}
+    assert {run.method: run.extra[f"tuned/{LR}"] for run in tuned} == best
+    with pytest.raises(GridConfigError, match=r"tune.params.model.dropout: factors multiply the configured value.*fast"):
+        resolve_factors(load_tune({"params": {"model.dropout": {"factors": [1, 2]}}}, "exp.yaml", 0),
+                        dataclasses.replace(by_method["fast"], config={"model": {"init_args": {}}}))
