@@ -1,0 +1,116 @@
+"""benchmarks/claims.py: verdicts follow the stated rules, and too little evidence is never a verdict."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("claims", REPO / "benchmarks" / "claims.py")
+claims = importlib.util.module_from_spec(_spec)
+sys.modules["claims"] = claims  # dataclasses look their module up there
+_spec.loader.exec_module(claims)
+
+FIELDS = ["method", "task", "seed", "status", "primary_value", "config", "tuned/model.optimizer.lr"]
+
+
+def _grid(tmp_path: Path, scores: dict[str, list[float]], epochs: int = 3, train_limit: int | None = None) -> Path:
+    folder = tmp_path / "grid"
+    folder.mkdir()
+    rows = []
+    for method, values in scores.items():
+        for seed, value in enumerate(values):
+            config = folder / f"{method}_{seed}.yaml"
+            config.write_text(yaml.safe_dump({"trainer": {"max_epochs": epochs}, "data": {"init_args": {"train_limit": train_limit}}}))
+            rows.append({"method": method, "task": "sst2", "seed": seed, "status": "ok", "primary_value": value,
+                         "config": str(config), "tuned/model.optimizer.lr": 5e-4})
+    with open(folder / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def _steps(tmp_path: Path, ops: dict[str, int]) -> Path:
+    path = tmp_path / "steps.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["variant", "aten_ops", "median_step_s", "device"])
+        writer.writeheader()
+        writer.writerows({"variant": v, "aten_ops": n, "median_step_s": n / 1000, "device": "cpu"} for v, n in ops.items())
+    return path
+
+
+def _verdicts(grid: Path | None = None, steps: Path | None = None, records: Path | None = None) -> dict[str, claims.Verdict]:
+    scores = claims.read_grid(grid, "sst2", 3) if grid else {}
+    found = claims.evaluate(scores, claims.read_step_time(steps), claims.read_records(records))
+    return {v.claim: v for v in found}
+
+
+def test_greater_and_approx_follow_the_stated_rules(tmp_path):
+    grid = _grid(tmp_path, {
+        "lora": [0.860, 0.865, 0.870],
+        "adalora": [0.890, 0.893, 0.896],      # clearly above LoRA
+        "fw_lora": [0.884, 0.887, 0.890],      # within 1 point of AdaLoRA
+        "iw_lora": [0.862, 0.870, 0.866],      # LoRA's level: ≈ AdaLoRA fails, > LoRA fails
+        "glora": [0.893, 0.896, 0.899],
+    })
+    steps = _steps(tmp_path, {"pefthub_lora": 1000, "fw_lora": 1050, "glora": 1300})
+    found = _verdicts(grid, steps)
+    assert found["AdaLoRA > LoRA at equal budget"].verdict == claims.HELD
+    assert found["FW-LoRA ≈ AdaLoRA at LoRA's cost"].verdict == claims.HELD
+    assert found["IW-LoRA ≈ AdaLoRA > LoRA"].verdict == claims.NOT_HELD
+    glora = found["GLoRA ≈ AdaLoRA at LoRA speed"]
+    assert glora.verdict == claims.NOT_HELD and "1.30×" in glora.measured  # accurate, but 30 % more ops
+
+
+def test_a_difference_inside_the_seed_noise_is_not_a_win(tmp_path):
+    grid = _grid(tmp_path, {"lora": [0.85, 0.87, 0.89], "adalora": [0.86, 0.88, 0.90]})
+    verdict = _verdicts(grid)["AdaLoRA > LoRA at equal budget"]
+    assert verdict.verdict == claims.NOT_HELD and "within 2·SE" in verdict.why
+
+
+@pytest.mark.parametrize(("scores", "epochs", "limit", "why"), [
+    ({"lora": [0.86, 0.87], "adalora": [0.90, 0.91]}, 3, None, "2 seed(s), 3 needed"),
+    ({"lora": [0.86, 0.87, 0.88], "adalora": [0.90, 0.91, 0.92]}, 1, None, "short schedule (1 epoch(s)"),
+    ({"lora": [0.86, 0.87, 0.88], "adalora": [0.90, 0.91, 0.92]}, 3, 2000, "2000 train rows"),
+])
+def test_too_little_evidence_is_shown_but_gets_no_verdict(tmp_path, scores, epochs, limit, why):
+    verdict = _verdicts(_grid(tmp_path, scores, epochs, limit))["AdaLoRA > LoRA at equal budget"]
+    assert verdict.verdict == claims.UNTESTED and why in verdict.why and "0.9" in verdict.measured
+    assert _verdicts()["AdaLoRA > LoRA at equal budget"].verdict == claims.UNTESTED  # no records at all
+
+
+def test_unihyperlora_claims_from_transfer_records(tmp_path):
+    records = []
+    for seed in (0, 1, 2):
+        records += [
+            {"what": "source", "seed": seed, "host": "src", "preset": "spec", "train_examples": None, "epochs": 3,
+             "test_accuracy_fp32": 0.85, "adapter_bytes": 253_871, "atoms_per_token": 1.1},
+            {"what": "flops", "seed": seed, "overhead": 0.04, "per_forward_overhead": 0.3},
+            {"what": "transfer", "seed": seed, "host": "small", "zero_shot_accuracy": 0.80, "delta_steps": 500,
+             "after_delta_accuracy": 0.84},
+            {"what": "satlora", "seed": seed, "host": "small", "test_accuracy": 0.845},
+        ]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    found = _verdicts(records=path)
+    assert found["adapter file 0.97 MB, within the 1 MB budget"].verdict == claims.HELD
+    assert found["+8 % FLOPs over the host's forward"].verdict == claims.HELD
+    assert found["k ≈ 1.8 atoms fire per token"].verdict == claims.NOT_HELD  # 1.1 atoms
+    assert found["≤ 1 % zero-shot accuracy drop on small"].verdict == claims.NOT_HELD  # 5 points
+    assert found["δθ tuning matches per-host training on small"].verdict == claims.HELD  # −0.5 points
+
+
+def test_the_command_writes_the_document(tmp_path):
+    grid = _grid(tmp_path, {"lora": [0.86, 0.87, 0.88]})
+    out = tmp_path / "claims.md"
+    assert claims.main(["--grid", str(grid), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Claims") and f"python benchmarks/claims.py --grid {grid}" in text
+    assert "| lora | 0.8700 ± 0.0100 | 0.8600 / 0.8700 / 0.8800 | 0.0005 | full |" in text
