@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
+from pefthub.checkpoint_io import CheckpointFileError  # noqa: F401  (pefthub.cli's before the split)
 from pefthub.cli_commands import OTHER_COMMANDS, _convert, _install_models, _predict_with_adapter
 from pefthub.cli_lightning import (  # noqa: F401  (the last two: imported from here by tests)
     PEFTHubCLI,

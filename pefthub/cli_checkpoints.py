@@ -1,8 +1,9 @@
-"""Which checkpoint a ``pefthub`` subcommand reads, and whether it may read it.
+"""Which checkpoint a ``pefthub`` subcommand reads, and whether pefthub or Lightning reads it.
 
-``--ckpt_path last`` finds the newest ``last.ckpt`` of a configuration's runs; a checkpoint
-that is not weights-only is refused in one line; evaluation reads a checkpoint of the other
-layout (DeepSpeed directory vs file) through pefthub rather than Lightning.
+``--ckpt_path last`` finds the newest ``last.ckpt`` of a configuration's runs; evaluation reads
+a checkpoint of the other layout (DeepSpeed directory vs file) through pefthub rather than
+Lightning. Vetting a checkpoint file is :func:`pefthub.checkpoint_io.load_weights_only`, in the
+one load that reads it (``PEFTHubCLI._parse_ckpt_path``).
 """
 
 from __future__ import annotations
@@ -12,43 +13,6 @@ from pathlib import Path
 
 from pefthub.checkpoint_io import is_deepspeed_checkpoint
 from pefthub.strategies import is_deepspeed, zero_stage
-
-
-class CheckpointFileError(ValueError):
-    """A ``--ckpt_path`` that is not a weights-only checkpoint; the message names the file."""
-
-
-def check_weights_only(path: str | Path) -> None:
-    """Refuse ``path`` in one line unless it loads with ``torch.load(weights_only=True)``:
-    pefthub never unpickles arbitrary objects from a checkpoint (whatever the environment says)."""
-    import pickle
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the unpickler's protocol warning
-            torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, OSError) as error:
-        raise CheckpointFileError(
-            f"ckpt_path {path}: not a weights-only checkpoint ({_unpickling_reason(error)}); pefthub loads checkpoints "
-            "with weights_only=True only, so no object in the file is ever executed; pass a checkpoint pefthub wrote"
-        ) from error
-
-
-def _unpickling_reason(error: BaseException) -> str:
-    """The specific reason inside torch's multi-line weights-only message (not its advice)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith(("Trying to load unsupported", "Unsupported")) or "WeightsUnpickler error:" in line:
-            reason = line.split("WeightsUnpickler error:")[-1].strip()
-            if reason:
-                return reason[:160]
-    for line in lines[1:]:
-        if not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation")):
-            return line[:160]
-    return type(error).__name__ if not lines or lines[0].startswith("Weights only load failed") else lines[0][:160]
 
 
 def _load_weights_here(path: str | Path, trainer) -> bool:

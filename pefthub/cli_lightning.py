@@ -15,8 +15,8 @@ from pathlib import Path
 from lightning.pytorch.cli import LightningCLI
 
 from pefthub.callbacks.adapter_export import full_parameters
-from pefthub.checkpoint_io import is_deepspeed_checkpoint
-from pefthub.cli_checkpoints import _load_weights_here, check_weights_only, resolve_last_checkpoint
+from pefthub.checkpoint_io import is_deepspeed_checkpoint, load_weights_only
+from pefthub.cli_checkpoints import _load_weights_here, resolve_last_checkpoint
 from pefthub.deepspeed_support import check_method_supported
 from pefthub.strategies import is_deepspeed
 from pefthub.strategies import register as _register_strategies
@@ -73,14 +73,26 @@ class PEFTHubCLI(LightningCLI):
         parser.link_arguments("data.task_type", "model.init_args.task_type", apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads the checkpoint's hyperparameters here (``weights_only=True``): a file
+        """Copy a ``--ckpt_path`` file's hyperparameters into the model's config, as LightningCLI
+        does (lightning 2.6's ``LightningCLI._parse_ckpt_path``, the same steps), from the one
+        load that also vets the file (:func:`~pefthub.checkpoint_io.load_weights_only`): a file
         that is not a weights-only checkpoint becomes one line naming it instead of torch's
-        multi-line ``UnpicklingError``."""
+        multi-line ``UnpicklingError``, and is never read twice here."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            check_weights_only(path)
-        super()._parse_ckpt_path()
+        if not path or not Path(path).is_file():
+            return
+        hparams = load_weights_only(path).get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand)
