@@ -12,6 +12,10 @@ read with ``torch.load(weights_only=True)``. ZeRO-3 shards are consolidated by D
 ``get_fp32_state_dict_from_zero_checkpoint``, which unpickles (``weights_only=False``): only
 read ZeRO-3 checkpoints you wrote yourself. Resuming a DeepSpeed run goes through DeepSpeed's
 own ``engine.load_checkpoint``, which unpickles as well.
+
+:func:`load_weights_only` is the one load that vets a checkpoint file: a file that is not
+weights-only (a pickle that would run code) is refused in one line, whatever
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says (it only overrides loads that leave ``weights_only`` unset).
 """
 
 from __future__ import annotations
@@ -23,6 +27,42 @@ import torch
 
 DEEPSPEED_TAG = "checkpoint"  # the tag Lightning's DeepSpeedStrategy saves under
 MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint file that is not weights-only; the message names the file."""
+
+
+def load_weights_only(path: str | Path, label: str = "ckpt_path") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` on CPU, or a one-line :class:`CheckpointFileError`
+    naming ``path`` (as ``label``) and the reason instead of torch's multi-line one: pefthub never
+    unpickles arbitrary objects from a checkpoint."""
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unpickler's protocol warning
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError, OSError) as error:
+        raise CheckpointFileError(
+            f"{label} {path}: not a weights-only checkpoint ({_unpickling_reason(error)}); pefthub loads checkpoints "
+            "with weights_only=True only, so no object in the file is ever executed; pass a checkpoint pefthub wrote"
+        ) from error
+
+
+def _unpickling_reason(error: BaseException) -> str:
+    """The specific reason inside torch's multi-line weights-only message (not its advice)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Trying to load unsupported", "Unsupported")) or "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:")[-1].strip()
+            if reason:
+                return reason[:160]
+    for line in lines[1:]:
+        if not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation")):
+            return line[:160]
+    return type(error).__name__ if not lines or lines[0].startswith("Weights only load failed") else lines[0][:160]
 
 
 def is_deepspeed_checkpoint(path: str | Path) -> bool:

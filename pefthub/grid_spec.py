@@ -352,7 +352,7 @@ def _fit_parser():
     """`pefthub fit`'s parser (built once per process: ~1 s)."""
     from jsonargparse import Namespace
 
-    from pefthub.cli import PEFTHubCLI
+    from pefthub.cli_lightning import PEFTHubCLI
     from pefthub.data.base import TaskDataModule
     from pefthub.methods.base import PEFTModule
 

@@ -271,6 +271,29 @@ def test_ckpt_path_last_is_loaded_weights_only_too(earlier_run, tmp_path, capsys
     assert not marker.exists()
 
 
+def test_a_ckpt_path_is_loaded_once_for_vetting_and_hyperparameters(earlier_run, tmp_path, capsys, monkeypatch):
+    """The load that vets ``--ckpt_path`` is the one that reads its hyperparameters; the trainer's
+    load of the weights is the only other (there used to be a third, a load just to vet it)."""
+    import shutil
+
+    import torch
+
+    checkpoint = shutil.copy(earlier_run / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt", tmp_path / "copy.ckpt")
+    real_load, loads = torch.load, []
+
+    def counting_load(source, *args, **kwargs):
+        name = source if isinstance(source, (str, Path)) else getattr(source, "path", getattr(source, "name", None))
+        if isinstance(name, (str, Path)) and Path(name).resolve() == Path(checkpoint).resolve():
+            loads.append(kwargs.get("weights_only"))
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    monkeypatch.chdir(tmp_path)
+    main(["validate", "-c", TINY, "--ckpt_path", str(checkpoint), "--trainer.enable_progress_bar", "false"])
+    assert "val/accuracy" in capsys.readouterr().out
+    assert loads == [True, True]
+
+
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
 def test_non_utf8_data_file_names_file_and_line(earlier_run, capsys, monkeypatch, suffix):
     path = earlier_run / "data" / f"latin1.{suffix}"
