@@ -52,18 +52,18 @@ def run(method: str, seed: int, args, out: Path) -> dict:
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pefthub.events import read_scalars
 
     run_dir = out / name / "version_0"
-    events = EventAccumulator(str(run_dir)).Reload()
+    scalars = read_scalars(run_dir)
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     record = {
         "method": method, "seed": seed, "wall_s": round(wall, 1),
-        "test_accuracy": events.Scalars("test/accuracy")[-1].value,
+        "test_accuracy": scalars["test/accuracy"][-1][1],
         "final_total_rank": sum(adapter["rank_pattern"].values()),
     }
     if method == "adalora":
-        record["final_active_adapter_params"] = events.Scalars("budget/active_adapter_params")[-1].value
+        record["final_active_adapter_params"] = scalars["budget/active_adapter_params"][-1][1]
         record["rank_pattern"] = adapter["rank_pattern"]
     print(json.dumps(record), flush=True)
     return record

@@ -48,14 +48,14 @@ def run(method: str, seed: int, args, out: Path) -> dict:
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pefthub.events import read_scalars
 
     run_dir = out / name / "version_0"
-    events = EventAccumulator(str(run_dir)).Reload()
+    scalars = read_scalars(run_dir)
     adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     record = {
         "method": method, "seed": seed, "wall_s": round(wall, 1),
-        "test_accuracy": events.Scalars("test/accuracy")[-1].value,
+        "test_accuracy": scalars["test/accuracy"][-1][1],
         "final_total_rank": sum(adapter["rank_pattern"].values()),
     }
     if method == "glora":
@@ -64,8 +64,8 @@ def run(method: str, seed: int, args, out: Path) -> dict:
     if method in ("fw_lora", "iw_lora"):
         weights = [row["penalty_weight"] for row in adapter["importance"].values()]
         record["penalty_weight_range"] = [min(weights), max(weights)]
-        if "train/regularization" in events.Tags()["scalars"]:
-            record["final_regularization"] = events.Scalars("train/regularization")[-1].value
+        if "train/regularization" in scalars:
+            record["final_regularization"] = scalars["train/regularization"][-1][1]
     print(json.dumps(record), flush=True)
     return record
 

@@ -58,6 +58,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -313,6 +314,82 @@ def count_step(variant: Variant, batch: dict, autocast: contextlib.AbstractConte
     return counter.result
 
 
+# ---------------------------------------------------------------------- timing
+
+
+def run_rounds(variants: list[Variant], batches: list[dict], warmup: int, steps: int,
+               autocast_factory: Callable[[], contextlib.AbstractContextManager],
+               synchronize: Callable[[], None] = lambda: None,
+               clock: Callable[[], float] = time.perf_counter) -> dict[str, OpCount]:
+    """``warmup + steps`` rounds of one step per variant on ``batches[round]``, the order
+    rotated by one each round (drift falls on every variant alike). Appends each timed step's
+    ``clock()`` duration to ``variant.times``: not the ``warmup`` rounds, nor the middle round
+    (``warmup + steps // 2`` when ``steps > 1``), which is op-counted instead (AdaLoRA is then
+    inside its budget reduction; a compiled variant is timed, not counted, there). Returns the
+    op counts of that round."""
+    count_round = warmup + steps // 2 if steps > 1 else -1
+    counts = {}
+    for index in range(warmup + steps):
+        shift = index % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            if index == count_round and not variant.name.endswith("_compiled"):
+                counts[variant.name] = count_step(variant, batches[index], autocast_factory())
+                continue
+            synchronize()
+            start = clock()
+            variant.step(batches[index], autocast_factory())
+            synchronize()
+            if index >= warmup and index != count_round:
+                variant.times.append(clock() - start)
+    return counts
+
+
+def timing_columns(variants: list[Variant]) -> dict[str, dict[str, float]]:
+    """Per variant, the CSV's timing columns: timed steps, median and quartiles of its step
+    times, and two ratios each to ``floor`` and to its HF PEFT reference (:data:`HF_REFERENCE`):
+    the ratio of medians, median(t) / median(t_ref), and the paired one, median over rounds of
+    t_i / t_ref,i (robust to drift that hits both in the same round). NaN where the reference
+    did not run."""
+    medians = {v.name: statistics.median(v.times) for v in variants}
+    by_name = {v.name: v for v in variants}
+    columns = {}
+    for variant in variants:
+        times = sorted(variant.times)
+        quart = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0], times[0], times[0]]
+        reference = HF_REFERENCE.get(variant.name)
+        columns[variant.name] = {
+            "timed_steps": len(times),
+            "median_step_s": medians[variant.name], "p25_step_s": quart[0], "p75_step_s": quart[2],
+            "ratio_to_floor": medians[variant.name] / medians["floor"] if "floor" in medians else float("nan"),
+            "paired_ratio_to_floor": _paired(variant, by_name.get("floor")),
+            "ratio_to_hf_peft": medians[variant.name] / medians[reference] if reference in medians else float("nan"),
+            "paired_ratio_to_hf_peft": _paired(variant, by_name.get(reference)) if reference else float("nan"),
+        }
+    return columns
+
+
+def ratio_summary(variants: list[Variant]) -> dict[str, Any]:
+    """The headline ratios of the printed summary: ratios of median step times (``None`` where
+    either variant did not run) and, under ``paired``, the paired ratios (NaN likewise)."""
+    medians = {v.name: statistics.median(v.times) for v in variants}
+    by_name = {v.name: v for v in variants}
+
+    def ratio(a: str, b: str) -> float | None:
+        return medians[a] / medians[b] if a in medians and b in medians else None
+
+    return {
+        "pefthub_lora_over_hf_peft_lora": ratio("pefthub_lora", "hf_peft_lora"),
+        "pefthub_lora_over_floor": ratio("pefthub_lora", "floor"),
+        "pefthub_adalora_over_pefthub_lora": ratio("pefthub_adalora", "pefthub_lora"),
+        "pefthub_adalora_over_hf_peft_adalora": ratio("pefthub_adalora", "hf_peft_adalora"),
+        "paired": {
+            "pefthub_lora_over_hf_peft_lora": _paired(by_name.get("pefthub_lora"), by_name.get("hf_peft_lora")),
+            "pefthub_lora_over_floor": _paired(by_name.get("pefthub_lora"), by_name.get("floor")),
+            "pefthub_adalora_over_pefthub_lora": _paired(by_name.get("pefthub_adalora"), by_name.get("pefthub_lora")),
+        },
+    }
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -410,43 +487,20 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    # one round in the middle of the timed ones is counted instead of timed (ops and host syncs:
-    # AdaLoRA is then inside its budget-reduction phase); a compiled step is not op-counted
-    count_round = args.warmup + args.steps // 2 if args.steps > 1 else -1
-    counts = {}
-    for index in range(rounds):
-        shift = index % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            if index == count_round and not variant.name.endswith("_compiled"):
-                counts[variant.name] = count_step(variant, batches[index], autocast_factory())
-                continue
-            synchronize()
-            start = time.perf_counter()
-            variant.step(batches[index], autocast_factory())
-            synchronize()
-            if index >= args.warmup and index != count_round:
-                variant.times.append(time.perf_counter() - start)
+    counts = run_rounds(variants, batches, args.warmup, args.steps, autocast_factory, synchronize)
     peaks = {}
     for variant in variants:
         peaks[variant.name] = float("nan") if args.no_memory else peak_step_bytes(variant, batches[rounds], autocast_factory(), device)
 
-    medians = {v.name: statistics.median(v.times) for v in variants}
-    by_name = {v.name: v for v in variants}
+    timing = timing_columns(variants)
     info = hardware(device, args.threads)
     rows = []
     for variant in variants:
-        times = sorted(variant.times)
-        quart = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0], times[0], times[0]]
-        reference = HF_REFERENCE.get(variant.name)
         row = {
             "variant": variant.name,
             "backbone": args.backbone, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "device": args.device, "dtype": args.dtype, "adapter_dropout": args.adapter_dropout, "timed_steps": len(times),
-            "median_step_s": medians[variant.name], "p25_step_s": quart[0], "p75_step_s": quart[2],
-            "ratio_to_floor": medians[variant.name] / medians["floor"] if "floor" in medians else float("nan"),
-            "paired_ratio_to_floor": _paired(variant, by_name.get("floor")),
-            "ratio_to_hf_peft": medians[variant.name] / medians[reference] if reference in medians else float("nan"),
-            "paired_ratio_to_hf_peft": _paired(variant, by_name.get(reference)) if reference else float("nan"),
+            "device": args.device, "dtype": args.dtype, "adapter_dropout": args.adapter_dropout,
+            **timing[variant.name],
             "trainable_params": sum(p.numel() for p in variant.params),
             "state_mb": variant.state_bytes() / 2**20,
             "peak_step_mb": peaks[variant.name] / 2**20,
@@ -467,23 +521,12 @@ def main(argv: list[str] | None = None) -> dict:
         title = f"{args.backbone}, batch {args.batch_size} x {args.seq_len} tokens, {args.device} {args.dtype}, {args.threads} thread(s), {args.steps} rounds"
         plot(rows, out.with_suffix(".png"), title)
 
-    def ratio(a: str, b: str) -> float | None:
-        return medians[a] / medians[b] if a in medians and b in medians else None
-
     summary = {
         "csv": str(out.with_suffix(".csv")),
-        "median_step_ms": {k: round(v * 1e3, 2) for k, v in medians.items()},
+        "median_step_ms": {name: round(columns["median_step_s"] * 1e3, 2) for name, columns in timing.items()},
         "aten_ops": {k: c.total for k, c in counts.items()},
         "host_syncs": {k: c.host_syncs for k, c in counts.items()},
-        "pefthub_lora_over_hf_peft_lora": ratio("pefthub_lora", "hf_peft_lora"),
-        "pefthub_lora_over_floor": ratio("pefthub_lora", "floor"),
-        "pefthub_adalora_over_pefthub_lora": ratio("pefthub_adalora", "pefthub_lora"),
-        "pefthub_adalora_over_hf_peft_adalora": ratio("pefthub_adalora", "hf_peft_adalora"),
-        "paired": {
-            "pefthub_lora_over_hf_peft_lora": _paired(by_name.get("pefthub_lora"), by_name.get("hf_peft_lora")),
-            "pefthub_lora_over_floor": _paired(by_name.get("pefthub_lora"), by_name.get("floor")),
-            "pefthub_adalora_over_pefthub_lora": _paired(by_name.get("pefthub_adalora"), by_name.get("pefthub_lora")),
-        },
+        **ratio_summary(variants),
         **info,
     }
     print(json.dumps(summary, indent=2))

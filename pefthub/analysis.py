@@ -84,7 +84,7 @@ def _run_dir(results: Path, row: Any) -> Path:
 
 def read_event_scalars(run_dir: str | Path) -> pd.DataFrame:
     """``tag, step, value`` of every scalar in the event files directly under ``run_dir``."""
-    from pefthub.grid import read_scalars
+    from pefthub.events import read_scalars
 
     rows = [(tag, step, value) for tag, values in read_scalars(run_dir).items() for step, value in values]
     return pd.DataFrame(rows, columns=["tag", "step", "value"])

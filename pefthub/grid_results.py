@@ -12,19 +12,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pefthub.events import read_scalars
 from pefthub.grid_spec import CONFIG_NAME, FIXED_COLUMNS, RESULT_NAME, TAIL_COLUMNS, RunSpec
 
 # ---------------------------------------------------------------------- reading a finished run
-
-
-def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the TensorBoard event files directly under ``log_dir``:
-    ``{tag: [(step, value), ...]}`` in logging order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {tag: [(e.step, float(e.value)) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
 def adapter_figures(adapter_dir: Path) -> dict[str, Any]:

@@ -28,13 +28,13 @@ PROGRESS_NAME = "progress.json"
 LOG_NAME = "run.log"
 BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "builtin"
 EXPERIMENT_KEYS = {
-    "name", "description", "runs_dir", "seeds", "backbones", "tasks", "methods", "overrides", "flops", "flop_seq_len",
+    "name", "runs_dir", "seeds", "backbones", "tasks", "methods", "overrides", "flops", "flop_seq_len",
     "jobs", "launcher", "ray", "tune",
 }
 LAUNCHERS = ("local", "ray")
 RAY_KEYS = {"address", "cpus_per_run", "gpus_per_run", "copy_back"}
 TASK_KEYS = {"data", "primary_metric", "overrides"}
-METHOD_KEYS = {"config", "overrides", "budgets", "label"}
+METHOD_KEYS = {"config", "overrides", "budgets"}
 FIXED_COLUMNS = [
     "experiment", "run_id", "method", "budget", "task", "backbone", "seed", "status",
     "primary_metric", "primary_value",

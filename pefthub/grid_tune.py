@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pefthub.grid_results import read_scalars
+from pefthub.events import read_scalars
 from pefthub.grid_spec import PROGRESS_NAME, GridConfigError, RunSpec, set_dotted
 
 TUNE_KEYS = {"params", "trials", "sampler", "seed", "metric", "direction"}

@@ -365,7 +365,7 @@ def test_cli_fit_on_the_tiny_config_logs_ranks_and_saves_the_final_rank_pattern(
     import sys
     from pathlib import Path
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pefthub.events import read_scalars
 
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "adalora_sst2.yaml"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -380,10 +380,10 @@ def test_cli_fit_on_the_tiny_config_logs_ranks_and_saves_the_final_rank_pattern(
     assert adapter["method"] == "adalora" and adapter["schedule"]["total_steps"] == 8
     assert sum(adapter["rank_pattern"].values()) == 2 * 12
     assert [sum(m) for m in adapter["rank_mask"].values()] == list(adapter["rank_pattern"].values())
-    scalars = EventAccumulator(str(run_dir)).Reload().Tags()["scalars"]
+    scalars = read_scalars(run_dir)
     for tag in ("budget/rank_budget", "budget/active_rank", "train/regularization", "rank/encoder.layer.1.output.dense"):
         assert tag in scalars, f"{tag} not logged"
-    budgets = [e.value for e in EventAccumulator(str(run_dir)).Reload().Scalars("budget/rank_budget")]
+    budgets = [value for _, value in scalars["budget/rank_budget"]]
     assert budgets[0] == 48 and budgets[-1] == 24 and len(budgets) == 8
 
 

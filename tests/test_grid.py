@@ -147,6 +147,9 @@ def test_overrides_apply_in_order_and_budgets_multiply_runs(tmp_path):
         ({"methods": {"lora": {"config": "configs/nowhere/{task}.yaml"}}}, "not found"),
         ({"tasks": {"mine": {"data": {"class_path": "pefthub.data.SentenceClassificationDataModule", "init_args": {"path": "x.csv"}}}}}, "primary_metric"),
         ({"seeds": []}, "seeds is empty"),
+        # keys nothing read (a run is named by its method/budget/task/backbone/seed) are typos now
+        ({"description": "LoRA vs GLoRA"}, r"bad.yaml: unknown key\(s\) \['description'\]"),
+        ({"methods": {"lora": {"config": "configs/tiny/lora_sst2.yaml", "label": "LoRA"}}}, r"methods.lora: unknown key\(s\) \['label'\]"),
     ],
 )
 def test_bad_experiment_files_fail_with_the_key_named(tmp_path, change, message):

@@ -162,16 +162,15 @@ def _differences(expected: Any, actual: Any, path: str = "") -> list[str]:
 def _final_val_metrics(run_root: Path) -> dict[str, float]:
     """The last logged value of every ``val/*`` scalar (event files in write order: a resumed
     run appends a second file to the killed run's folder)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pefthub.events import read_scalars
 
     final: dict[str, tuple[int, float]] = {}
     for events in sorted(run_root.glob("runs/*/version_0/events.out.tfevents.*"), key=lambda p: int(p.name.split(".")[3])):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
-        for tag in accumulator.Tags()["scalars"]:
+        for tag, values in read_scalars(events).items():
             if tag.startswith("val/"):
-                for event in accumulator.Scalars(tag):
-                    if event.step >= final.get(tag, (-1, 0.0))[0]:
-                        final[tag] = (event.step, event.value)
+                for step, value in values:
+                    if step >= final.get(tag, (-1, 0.0))[0]:
+                        final[tag] = (step, value)
     return {tag: value for tag, (step, value) in final.items()}
 
 

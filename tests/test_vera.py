@@ -198,10 +198,9 @@ def test_cli_fit_writes_the_adapter_and_logs_its_budget(tmp_path):
     tensors = load_file(run_dir / "adapter" / WEIGHTS_NAME)
     assert any(k.endswith("vera_lambda_b") for k in tensors) and not any("vera_A" in k for k in tensors)
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pefthub.events import read_scalars
 
-    events = EventAccumulator(str(run_dir)).Reload()
-    logged = {tag: events.Scalars(tag)[0].value for tag in ("budget/trainable_params", "budget/adapter_bytes")}
+    logged = {tag: values[0][1] for tag, values in read_scalars(run_dir, ["budget/trainable_params", "budget/adapter_bytes"]).items()}
     module = VeRAModule(backbone="tiny-bert", rank=16)
     assert logged["budget/trainable_params"] == sum(p.numel() for p in module.parameters() if p.requires_grad)
     assert logged["budget/adapter_bytes"] == adapter_file_bytes(run_dir / "adapter")  # tensors + JSON, as written

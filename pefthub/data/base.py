@@ -220,6 +220,3 @@ class TaskDataModule(LightningDataModule):
         if self.datasets is None:
             self.setup()
         return "predict" if "predict" in self.datasets else "test"
-
-    def describe(self) -> dict[str, Any]:
-        return {"task_type": self.task_type, "num_labels": self.num_labels, "label_names": self.label_names}

@@ -377,9 +377,6 @@ class LabelledTaskDataModule(TaskDataModule):
             tuple(self.label_names),
         )
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "source": self.source_name(), "primary_metric": self.primary_metric}
-
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the label map the run was trained with (and the loader position)."""
         return {**super().state_dict(), "label_names": self.label_names}
