@@ -3,6 +3,7 @@ the quickstart then shows predict -> share the adapter -> predict elsewhere in t
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -56,6 +57,19 @@ def _slug(heading: str) -> str:
 def _anchors(page: Path) -> set[str]:
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
     return {_slug(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def test_readme_quickstart_figure_is_the_committed_record_of_command_a():
+    """The accuracy README states for command (a) is the one its run record holds, and that record
+    is of the same command."""
+    meta = json.loads((REPO / "results" / "quickstart" / "meta.json").read_text())
+    record = json.loads((REPO / "results" / "quickstart" / "record.json").read_text())
+    assert _quickstart_commands()[0].endswith(" && " + meta["command"])
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1].split("\n### ", 1)[0]
+    stated = re.findall(r"SST-2 dev accuracy of \*\*(0\.\d{4})\*\* \(MCC (0\.\d{3})", section)
+    assert stated == [(f"{record['test_accuracy']:.4f}", f"{record['test_mcc']:.3f}")]
+    assert f"1 epoch = {record['train_steps']} steps" in section
 
 
 def test_readme_is_a_front_door_of_at_most_150_lines():

@@ -31,7 +31,7 @@ def test_committed_results_page_is_what_the_records_give():
 
 def test_every_record_folder_states_command_hardware_date_and_has_its_records():
     folders = sorted(p.parent for p in RESULTS.glob("*/meta.json"))
-    assert {f.name for f in folders} >= {"ner", "step_time_cpu"}
+    assert {f.name for f in folders} >= {"ner", "quickstart", "step_time_cpu"}
     for folder in folders:
         meta = json.loads((folder / "meta.json").read_text())
         for key in ("title", "command", "hardware", "date", "kind"):
@@ -60,6 +60,9 @@ def test_figures_come_from_the_records():
     page = (REPO / "docs" / "results.md").read_text()
     assert "| pefthub LoRA r=8 | 2,773 | 1.20 (1.22) | 0.74 (0.75) | 1,687 | 1,829 |" in page
     assert "| 0.4347 ± 0.0209 (0.4494 / 0.4199) | 2 |" in page
+    record = json.loads((RESULTS / "quickstart" / "record.json").read_text())
+    assert f"| {record['test_accuracy']:.4f} (MCC {record['test_mcc']:.3f}) |" in page
+    assert f"| {record['trainable_params']:,} |" in page
 
 
 def test_hand_copied_tables_are_marked_as_such():
