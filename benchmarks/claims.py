@@ -126,10 +126,16 @@ def read_records(path: Path | None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def greater(a: Scores | None, b: Scores | None) -> tuple[str, str, str]:
-    """(measured, verdict, why) for "a > b"."""
-    if a is None or b is None:
-        return "no runs", UNTESTED, "no record of " + " and ".join(m for m, s in (("a", a), ("b", b)) if s is None)
+def _missing(grid: dict[str, Scores], *methods: str) -> tuple[str, str, str] | None:
+    absent = [m for m in methods if m not in grid]
+    return ("no runs", UNTESTED, f"no grid runs of {', '.join(absent)}") if absent else None
+
+
+def greater(grid: dict[str, Scores], first: str, second: str) -> tuple[str, str, str]:
+    """(measured, verdict, why) for "first > second"."""
+    if missing := _missing(grid, first, second):
+        return missing
+    a, b = grid[first], grid[second]
     delta = a.mean - b.mean
     se = math.sqrt(a.std**2 / len(a.values) + b.std**2 / len(b.values))
     measured = f"{a.shown()} vs {b.shown()}; Δ {delta * 100:+.2f} points (2·SE {2 * se * 100:.2f})"
@@ -141,10 +147,11 @@ def greater(a: Scores | None, b: Scores | None) -> tuple[str, str, str]:
     return measured, NOT_HELD, "Δ ≤ 0" if delta <= 0 else "Δ > 0 but within 2·SE (seed noise)"
 
 
-def approx(a: Scores | None, b: Scores | None, tolerance: float) -> tuple[str, str, str]:
-    """(measured, verdict, why) for "a ≈ b" (|Δ mean| ≤ tolerance)."""
-    if a is None or b is None:
-        return "no runs", UNTESTED, "no record of one of the two methods"
+def approx(grid: dict[str, Scores], first: str, second: str, tolerance: float) -> tuple[str, str, str]:
+    """(measured, verdict, why) for "first ≈ second" (|Δ mean| ≤ tolerance)."""
+    if missing := _missing(grid, first, second):
+        return missing
+    a, b = grid[first], grid[second]
     delta = a.mean - b.mean
     measured = f"{a.shown()} vs {b.shown()}; Δ {delta * 100:+.2f} points"
     reason = a.testable() or b.testable()
@@ -168,10 +175,10 @@ def op_cost(method: str, steps: dict[str, dict[str, str]]) -> tuple[str, str, st
 
 def both(*parts: tuple[str, str, str]) -> tuple[str, str, str]:
     """A claim made of several parts holds when every part holds."""
-    measured = "; ".join(p[0] for p in parts)
+    measured = "; ".join(dict.fromkeys(p[0] for p in parts))
     verdicts = [p[1] for p in parts]
     verdict = NOT_HELD if NOT_HELD in verdicts else UNTESTED if UNTESTED in verdicts else HELD
-    return measured, verdict, "; ".join(p[2] for p in parts)
+    return measured, verdict, "; ".join(dict.fromkeys(p[2] for p in parts))
 
 
 def _seeds_ok(records: list[dict[str, Any]]) -> str | None:
@@ -247,12 +254,14 @@ def unihyper_claims(records: list[dict[str, Any]], grid: dict[str, Scores], tole
 
 def evaluate(grid: dict[str, Scores], steps: dict[str, dict[str, str]], records: list[dict[str, Any]],
              tolerance: float = 0.01, full_epochs: int = 3) -> list[Verdict]:
-    g = grid.get
     rows = [
-        Verdict("AdaLoRA", "AdaLoRA > LoRA at equal budget", *greater(g("adalora"), g("lora"))),
-        Verdict("FW-LoRA", "FW-LoRA ≈ AdaLoRA at LoRA's cost", *both(approx(g("fw_lora"), g("adalora"), tolerance), op_cost("fw_lora", steps))),
-        Verdict("IW-LoRA", "IW-LoRA ≈ AdaLoRA > LoRA", *both(approx(g("iw_lora"), g("adalora"), tolerance), greater(g("iw_lora"), g("lora")))),
-        Verdict("GLoRA", "GLoRA ≈ AdaLoRA at LoRA speed", *both(approx(g("glora"), g("adalora"), tolerance), op_cost("glora", steps))),
+        Verdict("AdaLoRA", "AdaLoRA > LoRA at equal budget", *greater(grid, "adalora", "lora")),
+        Verdict("FW-LoRA", "FW-LoRA ≈ AdaLoRA at LoRA's cost",
+                *both(approx(grid, "fw_lora", "adalora", tolerance), op_cost("fw_lora", steps))),
+        Verdict("IW-LoRA", "IW-LoRA ≈ AdaLoRA > LoRA",
+                *both(approx(grid, "iw_lora", "adalora", tolerance), greater(grid, "iw_lora", "lora"))),
+        Verdict("GLoRA", "GLoRA ≈ AdaLoRA at LoRA speed",
+                *both(approx(grid, "glora", "adalora", tolerance), op_cost("glora", steps))),
     ]
     return rows + unihyper_claims(records, grid, tolerance, full_epochs)
 
