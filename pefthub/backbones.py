@@ -73,7 +73,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 
 TINY_MODELS = ("tiny-bert", "tiny-llama")
 
-# Module-name suffixes LoRA targets by default, per model family (DESIGN.md section 3).
+# Module-name suffixes LoRA targets by default, per model family (docs/design.md, section 3).
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "bert": (
         "attention.self.query",

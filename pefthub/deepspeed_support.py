@@ -6,8 +6,7 @@ or a shard, and an in-place change to a parameter between steps is overwritten b
 step's copy from the master weights. Methods whose callbacks read ``.grad`` or edit
 parameters/optimiser state between steps would train silently wrong; they are refused here
 with one line that says why. A method becomes allowed by setting the class attribute
-``deepspeed_compatible = True`` once it reads gradients through DeepSpeed's API (see README,
-"Scaling out").
+``deepspeed_compatible = True`` once it reads gradients through DeepSpeed's API (see docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 On a GPU, the training step of a small model is launch-bound: its time is close to
 (number of dispatched aten ops) × (per-op overhead, ≈ 20 µs measured on an H200 with
 MiniLM-L6), whatever the batch size. The op count does not depend on the device, so it
-is measured on the CPU and used as a proxy of GPU step time (README, "Step time").
+is measured on the CPU and used as a proxy of GPU step time (docs/results.md, "Training-step speed").
 
 A *host sync* is an op whose result the host must wait for: a tensor read back as a Python
 number (``.item()``, ``bool(t)``, ``.tolist()``: ``aten._local_scalar_dense``) or an op whose

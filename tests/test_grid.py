@@ -172,7 +172,7 @@ def test_every_shipped_experiment_expands_and_each_run_parses_as_a_fit_config(ex
     runs = expand(experiment, runs_dir=tmp_path)
     spec = yaml.safe_load(experiment.read_text())
     if experiment.name != "tiny.yaml":
-        assert len(spec["seeds"]) >= 3, "comparisons use at least 3 seeds (DESIGN.md section 5)"
+        assert len(spec["seeds"]) >= 3, "comparisons use at least 3 seeds (docs/design.md, section 5)"
     assert len({r.run_id for r in runs}) == len(runs)
     validate(runs)
 

@@ -10,7 +10,7 @@ dropout: torch's kernel, ``fast_cpu_kernels: false``; UniHyperLoRA: ``update_imp
 which ``auto`` picks on CUDA) and, for AdaLoRA, a step inside the budget-reduction phase
 (importance update + a new allocation).
 
-Bounds: issue 18's goals (README, "Training-step speed").
+Bounds: issue 18's goals (docs/results.md, "Training-step speed").
 """
 
 from __future__ import annotations
