@@ -43,7 +43,7 @@ plain mean over the warm-up (the expectation E‖∂L/∂W‖_F of IW-LoRA's cal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -224,6 +224,11 @@ class ImportanceEstimator:
         """Stop observing: hooks removed, values fixed for the rest of the run."""
         self.detach()
         self.frozen = True
+
+    def reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str = "cpu") -> None:
+        """Replace the running values by ``reduce(running)`` (computed on ``device``), e.g. the
+        mean over the processes of a multi-device run, so every process freezes the same values."""
+        self.running = reduce(self.running.to(device)).cpu().double()
 
     # ------------------------------------------------------------------ results
 

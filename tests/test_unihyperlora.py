@@ -252,7 +252,7 @@ def test_delta_phase_changes_only_delta_and_the_new_head(tmp_path):
     )
     before = {k: v.detach().clone() for k, v in target.state_dict().items()}
     data = SentenceClassificationDataModule(backbone="tiny-bert-h48-l3", task="sst2", max_length=16, batch_size=4, train_limit=16, eval_limit=8)
-    callback = DeltaTuning(steps=3, train_head=True)
+    callback = DeltaTuning(steps=3)  # the head is new (init_head=False), so it trains
     trainer = Trainer(
         accelerator="cpu", max_epochs=5, callbacks=[callback], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path,

@@ -12,6 +12,7 @@ from pefthub.adapters.inject import AdapterSite, find_targets, inject_adapters
 from pefthub.adapters.io import load_adapter
 from pefthub.adapters.lora import LoRALinear
 from pefthub.backbones import default_targets
+from pefthub.budget import BudgetError
 from pefthub.methods.base import PEFTModule
 
 
@@ -105,8 +106,6 @@ class LoRAModule(PEFTModule):
         adapter files fit ``max_adapter_bytes`` (sizes measured by serialising, as saved), then
         redraw the A matrices from the RNG state the injection started from: the result equals
         an adapter built directly with the capped ranks."""
-        from pefthub.callbacks.budget import BudgetError
-
         configured = {name: layer.rank for name, layer in self._lora_layers()}
         size = self.adapter_file_bytes()
         if size <= self.max_adapter_bytes:

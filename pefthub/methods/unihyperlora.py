@@ -240,6 +240,7 @@ class UniHyperLoRAModule(PEFTModule):
         self.max_adapter_bytes = max_adapter_bytes
         self.max_flop_overhead = max_flop_overhead
         self.budget_seq_len = budget_seq_len
+        self.init_head = bool(init_head)
         self.sites: list[AdapterSite] = []
         super().__init__(**kwargs)
         if not self.train_delta:  # stays zero at the source; DeltaTuning unfreezes it later
@@ -310,6 +311,19 @@ class UniHyperLoRAModule(PEFTModule):
         }
         for logger in self.loggers:
             logger.log_metrics(figures, step=self.global_step)
+
+    def freeze_for_delta_phase(self) -> dict[str, int]:
+        """The δθ phase (:class:`~pefthub.callbacks.transfer.DeltaTuning`): freeze everything but
+        δθ and, when the head was not loaded from the adapter (``init_head: false``), the head;
+        returns the trained sizes (``budget/delta_params``, ``budget/new_head_params``)."""
+        train_head = not self.init_head
+        self.requires_grad_(False)
+        self.hyper.mixer.delta.requires_grad_(True)
+        self.head.requires_grad_(train_head)
+        return {
+            "budget/delta_params": self.hyper.mixer.delta.numel(),
+            "budget/new_head_params": sum(p.numel() for p in self.head.parameters()) if train_head else 0,
+        }
 
     def configure_callbacks(self) -> list:
         from pefthub.callbacks.budget import BudgetCheck
