@@ -239,11 +239,6 @@ class ImportanceEstimator:
         correction = 1.0 if self.beta is None else 1.0 - self.beta**self.steps
         return {name: v / correction for name, v in zip(self.names, self.running.tolist(), strict=True)}
 
-    def normalized(self, how: str = "sum") -> dict[str, float]:
-        """Importances in [0, 1]: ``v / Σ v`` (``sum``) or ``v / max v`` (``max``); all-zero
-        values give the uniform ``1/n`` (``sum``) or ``1`` (``max``)."""
-        return normalize(self.values(), how)
-
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
@@ -270,7 +265,8 @@ class ImportanceEstimator:
 
 
 def normalize(values: Mapping[str, float], how: str = "sum") -> dict[str, float]:
-    """Scale non-negative values to importances (see :meth:`ImportanceEstimator.normalized`)."""
+    """Importances in [0, 1] from non-negative values: ``v / Σ v`` (``sum``) or ``v / max v``
+    (``max``); all-zero values give the uniform ``1/n`` (``sum``) or ``1`` (``max``)."""
     if how not in NORMALIZATIONS:
         raise ValueError(f"importance normalization must be one of {NORMALIZATIONS}, got {how!r}")
     if not values:

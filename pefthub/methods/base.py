@@ -9,7 +9,6 @@ head): the frozen backbone is rebuilt from ``backbone`` on load.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -435,7 +434,6 @@ class PEFTModule(LightningModule):
         }
         for logger in self.loggers:
             logger.log_metrics(figures, step=self.global_step)
-        self._fit_started = time.perf_counter()
 
     def setup(self, stage: str) -> None:
         """Refuse a data module whose tokenizer does not belong to this backbone (token ids
