@@ -2,8 +2,9 @@
 
 It owns the frozen backbone, the task head, the optimiser (AdamW by default, linear
 warm-up then linear decay keyed on optimiser steps), torchmetrics metrics and logging.
-A method supplies :meth:`build_adapters` (and may override :meth:`regularization` and
-:meth:`configure_callbacks`). Checkpoints hold only the trainable tensors (adapters and
+A method's ``__init__`` is plain: ``super().__init__(**shared)`` builds the frozen host and
+head, the method validates its settings and inserts its adapters, then calls
+:meth:`adapters_ready` (it may override :meth:`regularization` and :meth:`configure_callbacks`). Checkpoints hold only the trainable tensors (adapters and
 head): the frozen backbone is rebuilt from ``backbone`` on load.
 """
 
@@ -171,16 +172,23 @@ class PEFTModule(LightningModule):
         # token tasks: entity F1 per type at test time, logged as test/entity_f1/<type>
         self.test_entity_types = EntityTypeF1(self.label_names) if task_type == "token_classification" else None
 
-        self.build_adapters()
-        for module in self.backbone.modules():
-            if hasattr(module, "fast_cpu_kernels"):
-                module.fast_cpu_kernels = bool(fast_cpu_kernels)
-        mark_only_adapters_trainable(self.backbone)
-        self.head.requires_grad_(True)
+        self.backbone.requires_grad_(False)  # the host is frozen; a method's adapters train
         # Checkpoints carry only trainable tensors; the frozen backbone comes from `backbone`.
         self.strict_loading = False
-        if init_adapter is not None:
-            self.load_init_adapter(init_adapter)
+        self._fast_cpu_kernels = bool(fast_cpu_kernels)
+        self._init_adapter = init_adapter
+
+    def adapters_ready(self) -> None:
+        """End of a method's ``__init__``, once its adapters are in ``self.backbone``: set their
+        CPU kernels, make exactly the adapters and the head trainable, then load
+        ``model.init_adapter`` (its tensors need the adapters to exist)."""
+        for module in self.backbone.modules():
+            if hasattr(module, "fast_cpu_kernels"):
+                module.fast_cpu_kernels = self._fast_cpu_kernels
+        mark_only_adapters_trainable(self.backbone)
+        self.head.requires_grad_(True)
+        if self._init_adapter is not None:
+            self.load_init_adapter(self._init_adapter)
 
     def load_init_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load ``model.init_adapter``: a pefthub adapter directory, or a PEFT LoRA directory
@@ -209,10 +217,6 @@ class PEFTModule(LightningModule):
         return self.load_adapter(path)
 
     # ------------------------------------------------------------------ method hooks
-
-    def build_adapters(self) -> None:
-        """Insert this method's adapter layers into ``self.backbone`` (called in ``__init__``)."""
-        raise NotImplementedError
 
     def regularization(self) -> torch.Tensor | None:
         """Extra loss term added to the task loss during training (none by default)."""

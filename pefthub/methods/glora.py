@@ -73,6 +73,8 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         fisher_impl: str = "auto",
         **kwargs: Any,
     ) -> None:
+        # set before LoRAModule.__init__: with model.init_adapter it loads the file, and
+        # load_adapter applies the file's rank pattern and reallocated flag
         self.importance_estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)
         self.warmup_steps = warmup_steps
         self.calibration = calibration

@@ -120,7 +120,9 @@ class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
             raise ValueError(f"model.penalty_weight (λ) must be >= 0, got {penalty_weight}")
         if penalty_exponent <= 0:
             raise ValueError(f"model.penalty_exponent (β) must be > 0, got {penalty_exponent}")
-        self.importance_estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)
+        estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)  # validates its settings
+        super().__init__(**kwargs)
+        self.importance_estimator = estimator
         self.warmup_steps = warmup_steps
         self.calibration = calibration
         self.calibration_lr_scale = calibration_lr_scale
@@ -130,7 +132,6 @@ class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
         self._weights: torch.Tensor | None = None
         self._weight_list: list[float] = []
         self._penalty_cache: dict = {}  # weighted_delta_sq_norm_gradients' device-side factors
-        super().__init__(**kwargs)
 
     def configure_callbacks(self) -> list:
         return [*super().configure_callbacks(), self.warmup_callback()]

@@ -206,7 +206,7 @@ class UniHyperLoRAModule(PEFTModule):
         for key, value in (("lambda_flops", lambda_flops), ("lambda_delta", lambda_delta)):
             if value < 0:
                 raise ValueError(f"model.{key} must be >= 0, got {value}")
-        self.hyper_kwargs = dict(
+        hyper_kwargs = dict(
             num_atoms=num_atoms,
             d0=d0,
             top_k=top_k,
@@ -229,9 +229,10 @@ class UniHyperLoRAModule(PEFTModule):
             stored = read_adapter_config(init_adapter)
             if stored.get("method") != self.method_name:
                 raise ValueError(f"model.init_adapter={init_adapter!r} was saved by method {stored.get('method')!r}, not {self.method_name!r}")
-            self.hyper_kwargs.update({k: stored["hyper"][k] for k in (*self.structural_keys, *BEHAVIOUR_KEYS)})
+            hyper_kwargs.update({k: stored["hyper"][k] for k in (*self.structural_keys, *BEHAVIOUR_KEYS)})
+        super().__init__(**kwargs)
         self.adapter_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else None
+        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         self.module_types = dict(module_types or {})
         self.lambda_flops = lambda_flops
         self.lambda_delta = lambda_delta
@@ -241,8 +242,9 @@ class UniHyperLoRAModule(PEFTModule):
         self.max_flop_overhead = max_flop_overhead
         self.budget_seq_len = budget_seq_len
         self.init_head = bool(init_head)
-        self.sites: list[AdapterSite] = []
-        super().__init__(**kwargs)
+        self.hyper = HyperShared(**hyper_kwargs)
+        self.sites: list[AdapterSite] = self._insert_adapters()
+        self.adapters_ready()
         if not self.train_delta:  # stays zero at the source; DeltaTuning unfreezes it later
             self.hyper.mixer.delta.requires_grad_(False)
         if init_adapter is not None:
@@ -250,27 +252,26 @@ class UniHyperLoRAModule(PEFTModule):
 
     # ------------------------------------------------------------------ building
 
-    def build_adapters(self) -> None:
-        patterns = self.target_modules or list(default_targets(self.family))
-        self.target_modules = patterns
-        types = {p: CANONICAL_TYPES.index(canonical_type(p, self.module_types)) for p in patterns}
-        self.hyper = HyperShared(**self.hyper_kwargs)
-        self.sites = inject_adapters(
+    def _insert_adapters(self) -> list[AdapterSite]:
+        """One HyperLinear per target, all sharing ``self.hyper``; the head becomes portable."""
+        types = {p: CANONICAL_TYPES.index(canonical_type(p, self.module_types)) for p in self.target_modules}
+        sites = inject_adapters(
             self.backbone,
-            patterns,
+            self.target_modules,
             lambda linear, site: HyperLinear(
                 linear, self.hyper, site.depth, types[site.module_type], self.adapter_dropout
             ),
         )
         if self.hyper.learned is not None:  # SAT-LoRA: one projector pair per width of this host
             hidden = int(self.backbone.config.hidden_size)  # block inputs (router) and pooled state (head)
-            self.hyper.add_projectors({hidden, *(s.d_in for s in self.sites), *(s.d_out for s in self.sites)})
+            self.hyper.add_projectors({hidden, *(s.d_in for s in sites), *(s.d_out for s in sites)})
         num_layers = int(getattr(self.backbone.config, "num_hidden_layers", 1))
-        self.hyper.attach(self.backbone, [(s.depth, block_name(s.name)) for s in self.sites], num_layers)
+        self.hyper.attach(self.backbone, [(s.depth, block_name(s.name)) for s in sites], num_layers)
         positions = getattr(self.backbone.config, "pefthub_unit_positions", None)
         for width, coords in (positions or {}).items():  # derived (pruned) hosts: source coordinates
             self.hyper.set_positions(int(width), torch.tensor(coords, dtype=torch.float32))
         self.head = PortableHead(self.hyper, self.head.out_features)
+        return sites
 
     # ------------------------------------------------------------------ losses, logging
 
