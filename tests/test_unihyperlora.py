@@ -276,6 +276,23 @@ def test_checkpoint_keeps_every_adapter_tensor_and_nothing_of_the_host():
     assert names == {f"hyper.{n}" for n, _ in module.hyper.named_parameters()} | {"head.linear.weight", "head.linear.bias"}
 
 
+def test_checkpoint_of_another_backbone_or_method_is_refused_and_missing_tensors_named():
+    """UniHyperLoRA goes through PEFTModule's checkpoint contract: the writer's method and
+    backbone are recorded and checked, and a missing adapter tensor is named."""
+    module = _module()
+    checkpoint: dict = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["pefthub"]["method"] == "unihyperlora" and checkpoint["pefthub"]["backbone"] == "tiny-bert"
+    module.on_load_checkpoint(checkpoint)  # its own checkpoint loads
+    for key, other in (("backbone", "tiny-bert-h48-l3"), ("method", "lora")):
+        written = {**checkpoint, "pefthub": {**checkpoint["pefthub"], key: other}}
+        with pytest.raises(ValueError, match=rf"^checkpoint was written by {key} '{other}' but this run uses {key} "):
+            module.on_load_checkpoint(written)
+    lacking = {**checkpoint, "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k != "hyper.mixer.delta"}}
+    with pytest.raises(ValueError, match=r"^checkpoint lacks 1 tensor\(s\) this UniHyperLoRAModule trains \(e.g. \['hyper.mixer.delta'\]\)"):
+        module.on_load_checkpoint(lacking)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_dense_and_sparse_updates_give_the_same_outputs_and_gradients(batch, dropout):
     """``update_impl: dense`` (one rank-M product with the gates as a token × atom matrix, the

@@ -459,10 +459,15 @@ class PEFTModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def checkpoint_tensor_names(self) -> set[str]:
+        """The tensors a checkpoint keeps (and a resume needs): the trainable parameters; a
+        method whose adapter also has frozen parts (UniHyperLoRA's δθ phase) widens it."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors: a MiniLM checkpoint is then ~1 MB instead of 90 MB."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        """Keep only :meth:`checkpoint_tensor_names`: a MiniLM checkpoint is then ~1 MB instead of 90 MB."""
+        keep = self.checkpoint_tensor_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["pefthub"] = {"version": __version__, "method": self.method_name, "backbone": self.backbone_name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -473,12 +478,11 @@ class PEFTModule(LightningModule):
                     f"checkpoint was written by {key} {written_by[key]!r} but this run uses {key} {own!r}; "
                     f"set model.{'class_path' if key == 'method' else 'backbone'} to match it or start a new run"
                 )
-        expected = {name for name, p in self.named_parameters() if p.requires_grad}
         # a DeepSpeed engine loads the weights itself and hands over only the names it saved
-        missing = sorted(expected - saved_tensor_names(checkpoint))
+        missing = sorted(self.checkpoint_tensor_names() - saved_tensor_names(checkpoint))
         if missing:
             raise ValueError(
-                f"checkpoint lacks {len(missing)} trainable tensor(s) this {type(self).__name__} needs "
+                f"checkpoint lacks {len(missing)} tensor(s) this {type(self).__name__} trains "
                 f"(e.g. {missing[:3]}); was it written by another method or configuration?"
             )
 
@@ -500,9 +504,15 @@ class PEFTModule(LightningModule):
         tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         return tensors
 
+    def adapter_file(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The adapter file's JSON half and tensors, exactly as :meth:`save_adapter` writes them
+        (a method that stores its tensors encoded, as UniHyperLoRA's int8/int4, overrides this)."""
+        return self.adapter_file_config(), self.adapter_tensors()
+
     def adapter_file_bytes(self) -> int:
         """Bytes of ``adapter.safetensors`` + ``adapter_config.json`` as :meth:`save_adapter` writes them."""
-        return serialized_size(self.adapter_tensors()) + len(config_text(self.adapter_file_config()).encode())
+        config, tensors = self.adapter_file()
+        return serialized_size(tensors) + len(config_text(config).encode())
 
     def adapter_file_config(self) -> dict[str, Any]:
         """The JSON half of the adapter file (everything but the tensors)."""
@@ -519,7 +529,7 @@ class PEFTModule(LightningModule):
         }
 
     def save_adapter(self, directory: str | Path) -> Path:
-        return save_adapter(directory, self.adapter_file_config(), self.adapter_tensors())
+        return save_adapter(directory, *self.adapter_file())
 
     def load_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load an adapter saved by :meth:`save_adapter` into this module (no pickle)."""

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_save
 
 from pefthub import __version__
 from pefthub.adapters import quant
@@ -24,7 +23,7 @@ from pefthub.adapters.hyper import (
     canonical_type,
 )
 from pefthub.adapters.inject import AdapterSite, inject_adapters
-from pefthub.adapters.io import CONFIG_NAME, load_adapter, save_adapter
+from pefthub.adapters.io import CONFIG_NAME, load_adapter
 from pefthub.backbones import default_targets
 from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.methods.base import PEFTModule
@@ -336,19 +335,9 @@ class UniHyperLoRAModule(PEFTModule):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _adapter_names(self) -> set[str]:
+    def checkpoint_tensor_names(self) -> set[str]:
+        """Every adapter tensor (also the ones a δθ phase froze), nothing of the host."""
         return {f"hyper.{n}" for n, _ in self.hyper.named_parameters()} | {f"head.{n}" for n, _ in self.head.named_parameters()}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep every adapter tensor (also the ones a δθ phase froze), nothing of the host."""
-        super().on_save_checkpoint(checkpoint)
-        state = self.state_dict()
-        checkpoint["state_dict"] = {k: state[k] for k in sorted(self._adapter_names())}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(self._adapter_names() - set(checkpoint.get("state_dict", {})))
-        if missing:
-            raise ValueError(f"checkpoint lacks UniHyperLoRA tensor(s) {missing[:3]}; was it written by another method?")
 
     # ------------------------------------------------------------------ adapter files
 
@@ -367,9 +356,10 @@ class UniHyperLoRAModule(PEFTModule):
             entries[name] = entry
         return stored, entries
 
-    def _file_config(self, entries: dict[str, dict]) -> dict[str, Any]:
+    def adapter_file_config(self) -> dict[str, Any]:
         """The adapter JSON: method, task and canonical settings only — no backbone name, width,
-        depth or layer list, so any host can load it."""
+        depth or layer list, so any host can load it (the storage entries come with
+        :meth:`adapter_file`)."""
         return {
             "method": self.method_name,
             "pefthub_version": __version__,
@@ -378,19 +368,12 @@ class UniHyperLoRAModule(PEFTModule):
             "label_names": self.label_names,
             "pooling": self.pooling,
             "hyper": self.hyper.config(),
-            "storage": entries,
         }
 
-    def adapter_file_bytes(self) -> int:
-        """Bytes of ``adapter.safetensors`` + ``adapter_config.json`` as :meth:`save_adapter` writes them."""
+    def adapter_file(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The JSON (with each tensor's storage entry) and the tensors as stored (quantised)."""
         stored, entries = self.encoded_adapter()
-        config = {"format_version": 1, **self._file_config(entries)}
-        weights = safetensors_save({k: v.detach().cpu().contiguous() for k, v in stored.items()}, metadata={"format": "pt"})
-        return len(weights) + len(json.dumps(config, indent=2, sort_keys=True).encode()) + 1
-
-    def save_adapter(self, directory: str | Path) -> Path:
-        stored, entries = self.encoded_adapter()
-        return save_adapter(directory, self._file_config(entries), stored)
+        return {**self.adapter_file_config(), "storage": entries}, stored
 
     def load_adapter(self, path: str | Path, load_head: bool = True) -> dict[str, Any]:
         """Load an adapter saved by :meth:`save_adapter` from ANY host (no retraining needed);
