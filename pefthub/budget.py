@@ -21,6 +21,10 @@ from pefthub.adapters.inject import adapter_modules
 from pefthub.adapters.io import CONFIG_NAME, WEIGHTS_NAME
 
 
+class BudgetError(ValueError):
+    """An adapter over its byte or FLOP budget; the message names the measured figure and the limit."""
+
+
 def count_parameters(tensors: dict[str, torch.Tensor] | nn.Module, trainable_only: bool = False) -> int:
     """Number of scalars in a tensor dict or a module (each shared tensor once)."""
     if isinstance(tensors, nn.Module):

@@ -43,7 +43,7 @@ plain mean over the warm-up (the expectation E‖∂L/∂W‖_F of IW-LoRA's cal
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -225,6 +225,11 @@ class ImportanceEstimator:
         self.detach()
         self.frozen = True
 
+    def reduce(self, reduce: Callable[[torch.Tensor], torch.Tensor], device: torch.device | str = "cpu") -> None:
+        """Replace the running values by ``reduce(running)`` (computed on ``device``), e.g. the
+        mean over the processes of a multi-device run, so every process freezes the same values."""
+        self.running = reduce(self.running.to(device)).cpu().double()
+
     # ------------------------------------------------------------------ results
 
     def values(self) -> dict[str, float]:
@@ -233,11 +238,6 @@ class ImportanceEstimator:
             return dict.fromkeys(self.names, 0.0)
         correction = 1.0 if self.beta is None else 1.0 - self.beta**self.steps
         return {name: v / correction for name, v in zip(self.names, self.running.tolist(), strict=True)}
-
-    def normalized(self, how: str = "sum") -> dict[str, float]:
-        """Importances in [0, 1]: ``v / Σ v`` (``sum``) or ``v / max v`` (``max``); all-zero
-        values give the uniform ``1/n`` (``sum``) or ``1`` (``max``)."""
-        return normalize(self.values(), how)
 
     # ------------------------------------------------------------------ state
 
@@ -265,7 +265,8 @@ class ImportanceEstimator:
 
 
 def normalize(values: Mapping[str, float], how: str = "sum") -> dict[str, float]:
-    """Scale non-negative values to importances (see :meth:`ImportanceEstimator.normalized`)."""
+    """Importances in [0, 1] from non-negative values: ``v / Σ v`` (``sum``) or ``v / max v``
+    (``max``); all-zero values give the uniform ``1/n`` (``sum``) or ``1`` (``max``)."""
     if how not in NORMALIZATIONS:
         raise ValueError(f"importance normalization must be one of {NORMALIZATIONS}, got {how!r}")
     if not values:

@@ -166,8 +166,10 @@ def test_resume_across_the_reallocation_equals_the_uninterrupted_run(tmp_path, r
     checkpoints = sorted((tmp_path / "full" / "ckpt").glob("*.ckpt"))
     assert len(checkpoints) == 3
     stored = torch.load(checkpoints[resume_epoch], weights_only=True)
-    assert stored["pefthub_importance"]["frozen"] is bool(resume_epoch)
-    assert stored["pefthub_importance"]["steps"] == (3 if resume_epoch == 0 else 4)
+    (estimator,) = [state["estimator"] for key, state in stored["callbacks"].items() if key.startswith("ImportanceWarmup")]
+    assert "pefthub_importance" not in stored, "the warm-up callback owns the estimator's state"
+    assert estimator["frozen"] is bool(resume_epoch)
+    assert estimator["steps"] == (3 if resume_epoch == 0 else 4)
 
     resumed, probe = _glora(), Probe()
     _trainer(tmp_path / "resumed", 3, [probe]).fit(resumed, datamodule=FixedBatches(), ckpt_path=checkpoints[resume_epoch])
@@ -180,7 +182,11 @@ def test_resume_across_the_reallocation_equals_the_uninterrupted_run(tmp_path, r
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_fw_lora_resumes_its_fisher_ema_mid_warmup(tmp_path):
+@pytest.mark.parametrize("layout", ["callback_state", "legacy_module_key"])
+def test_fw_lora_resumes_its_fisher_ema_mid_warmup(tmp_path, layout):
+    """The warm-up callback's state holds the estimator; a checkpoint written before that kept
+    it under the module's ``pefthub_importance`` key, and still resumes to the same run."""
+
     def make():
         torch.manual_seed(0)
         return ImportanceLoRAModule(backbone="tiny-bert", rank=4, alpha=8, warmup_steps=4, head_dropout=0.0,
@@ -189,6 +195,12 @@ def test_fw_lora_resumes_its_fisher_ema_mid_warmup(tmp_path):
     full = make()
     _trainer(tmp_path / "full", 3, [], checkpoint=True).fit(full, datamodule=FixedBatches())
     first = sorted((tmp_path / "full" / "ckpt").glob("*.ckpt"))[0]
+    if layout == "legacy_module_key":
+        stored = torch.load(first, weights_only=True)
+        (key,) = [k for k in stored["callbacks"] if k.startswith("ImportanceWarmup")]
+        stored["pefthub_importance"] = stored["callbacks"].pop(key)["estimator"]
+        first = tmp_path / "legacy.ckpt"
+        torch.save(stored, first)
     resumed = make()
     _trainer(tmp_path / "resumed", 3, []).fit(resumed, datamodule=FixedBatches(), ckpt_path=first)
     assert full.importance_estimator.frozen and full.importance_estimator.steps == 4

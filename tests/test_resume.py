@@ -56,7 +56,8 @@ def _adalora_pruned(checkpoint: dict[str, Any]) -> bool:
 
 
 def _importance_frozen(checkpoint: dict[str, Any]) -> bool:
-    return bool(checkpoint["pefthub_importance"]["frozen"])
+    (state,) = [s for key, s in checkpoint["callbacks"].items() if key.startswith("ImportanceWarmup")]
+    return bool(state["estimator"]["frozen"])
 
 
 def _glora_reallocated(checkpoint: dict[str, Any]) -> bool:

@@ -252,7 +252,7 @@ def test_delta_phase_changes_only_delta_and_the_new_head(tmp_path):
     )
     before = {k: v.detach().clone() for k, v in target.state_dict().items()}
     data = SentenceClassificationDataModule(backbone="tiny-bert-h48-l3", task="sst2", max_length=16, batch_size=4, train_limit=16, eval_limit=8)
-    callback = DeltaTuning(steps=3, train_head=True)
+    callback = DeltaTuning(steps=3)  # the head is new (init_head=False), so it trains
     trainer = Trainer(
         accelerator="cpu", max_epochs=5, callbacks=[callback], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path,
@@ -274,6 +274,23 @@ def test_checkpoint_keeps_every_adapter_tensor_and_nothing_of_the_host():
     module.on_save_checkpoint(checkpoint)
     names = set(checkpoint["state_dict"])
     assert names == {f"hyper.{n}" for n, _ in module.hyper.named_parameters()} | {"head.linear.weight", "head.linear.bias"}
+
+
+def test_checkpoint_of_another_backbone_or_method_is_refused_and_missing_tensors_named():
+    """UniHyperLoRA goes through PEFTModule's checkpoint contract: the writer's method and
+    backbone are recorded and checked, and a missing adapter tensor is named."""
+    module = _module()
+    checkpoint: dict = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["pefthub"]["method"] == "unihyperlora" and checkpoint["pefthub"]["backbone"] == "tiny-bert"
+    module.on_load_checkpoint(checkpoint)  # its own checkpoint loads
+    for key, other in (("backbone", "tiny-bert-h48-l3"), ("method", "lora")):
+        written = {**checkpoint, "pefthub": {**checkpoint["pefthub"], key: other}}
+        with pytest.raises(ValueError, match=rf"^checkpoint was written by {key} '{other}' but this run uses {key} "):
+            module.on_load_checkpoint(written)
+    lacking = {**checkpoint, "state_dict": {k: v for k, v in checkpoint["state_dict"].items() if k != "hyper.mixer.delta"}}
+    with pytest.raises(ValueError, match=r"^checkpoint lacks 1 tensor\(s\) this UniHyperLoRAModule trains \(e.g. \['hyper.mixer.delta'\]\)"):
+        module.on_load_checkpoint(lacking)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])

@@ -7,11 +7,9 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from pefthub.budget import flop_overhead
+from pefthub.budget import BudgetError, flop_overhead
 
-
-class BudgetError(ValueError):
-    """An adapter over its byte or FLOP budget; the message names the measured figure and the limit."""
+__all__ = ["BudgetCheck", "BudgetError"]  # BudgetError lives in pefthub.budget; this import path stays
 
 
 class BudgetCheck(Callback):

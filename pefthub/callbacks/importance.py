@@ -1,15 +1,16 @@
 """Importance warm-up: when to observe gradients, and when to stop (FW-LoRA, IW-LoRA, GLoRA).
 
-The *what* lives in :class:`pefthub.importance.ImportanceEstimator`, owned by the
-LightningModule (so its state is saved with the module's checkpoint and is restored before
-the weights, see ``ImportanceLoRAModule.on_load_checkpoint``). This callback only decides
-*when*: hooks on at the start of training (if the warm-up is not over), one observation per
-optimiser step in ``on_before_optimizer_step`` (gradients of the whole accumulated step,
-before clipping, before the update), and at ``trainer.global_step >= warmup_steps`` the
-estimator is frozen, its hooks removed and the importances logged.
+The *what* lives in :class:`pefthub.importance.ImportanceEstimator`, held by the
+LightningModule (its penalty or rank plan reads the values). This callback decides *when*:
+hooks on at the start of training (if the warm-up is not over), one observation per optimiser
+step in ``on_before_optimizer_step`` (gradients of the whole accumulated step, before clipping,
+before the update), and at ``trainer.global_step >= warmup_steps`` the estimator is frozen, its
+hooks removed and the importances logged. The phase state (the estimator's running values, step
+count and frozen flag) is this callback's ``state_dict``; it is handed back to the module at
+``on_train_start`` of a resumed run (checkpoints written before kept it under the module's
+``pefthub_importance`` key, which the modules still read).
 
-A module using it provides ``importance_estimator``, ``importance_layers() -> {name: layer}``,
-``importance_summary() -> {name: {column: value}}`` and ``on_importance_frozen()``.
+The module is an :class:`~pefthub.callbacks.protocols.ImportanceWarmupModule`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pefthub.callbacks.logging_step import is_logging_step
+from pefthub.callbacks.protocols import ImportanceWarmupModule, require
 
 CALIBRATIONS = ("train", "frozen", "tiny_lr")
 
@@ -75,18 +77,33 @@ class ImportanceWarmup(Callback):
         self.calibration = calibration
         self.calibration_lr_scale = calibration_lr_scale
         self._snapshot: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._module: ImportanceWarmupModule | None = None
+        self._restored: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
         return f"ImportanceWarmup[{self.warmup_steps}]"
 
-    # The phase (observing / frozen) and the running values are the estimator's state, saved
-    # by the module; this callback holds only its configuration.
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require(pl_module, ImportanceWarmupModule, type(self).__name__)
+        self._module = pl_module
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._module is None:
+            return {}
+        return {"estimator": self._module.importance_estimator.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # handed to the module at on_train_start, once the trainer has restored everything
+        self._restored = state_dict.get("estimator")
 
     def _adapter_parameters(self, pl_module: LightningModule) -> list[torch.nn.Parameter]:
         return [p for layer in pl_module.importance_layers().values() for p in layer.adapter_parameters().values()]
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._restored is not None:
+            pl_module.load_importance_state(self._restored)
+            self._restored = None
         estimator = pl_module.importance_estimator
         if estimator.frozen:
             return
@@ -132,7 +149,7 @@ class ImportanceWarmup(Callback):
         if trainer.world_size > 1:
             # each process saw its own micro-batches: average so every rank freezes the same
             # values (the mean of per-rank values, not the value of the global gradient)
-            estimator.running = trainer.strategy.reduce(estimator.running.to(pl_module.device), reduce_op="mean").cpu().double()
+            pl_module.reduce_importance(lambda running: trainer.strategy.reduce(running, reduce_op="mean"))
         pl_module.on_importance_frozen()
         summary = pl_module.importance_summary()
         step = trainer.global_step

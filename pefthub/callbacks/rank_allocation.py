@@ -38,10 +38,12 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from pefthub.callbacks.logging_step import is_logging_step
+from pefthub.callbacks.protocols import RankAllocatingModule, require
 
 
 class AdaLoRARankAllocation(Callback):
-    """Runs ``pl_module.allocator.step(t)`` once per optimiser step (see the module doc).
+    """Runs ``pl_module.allocator.step(t)`` once per optimiser step (see the module doc); the
+    module must be a :class:`~pefthub.callbacks.protocols.RankAllocatingModule`.
 
     Args:
         log_ranks: also log ``rank/<layer>`` for every adapted matrix.
@@ -53,10 +55,11 @@ class AdaLoRARankAllocation(Callback):
         self._restored: dict[str, Any] | None = None
         self._allocator = None
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require(pl_module, RankAllocatingModule, type(self).__name__)
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        allocator = getattr(pl_module, "allocator", None)
-        if allocator is None:
-            raise TypeError(f"AdaLoRARankAllocation needs a module with an `allocator` (AdaLoRAModule), got {type(pl_module).__name__}")
+        allocator = pl_module.allocator
         total = trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ValueError(

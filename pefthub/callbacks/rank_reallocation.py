@@ -4,8 +4,9 @@ When: at the start of the first training batch after the warm-up ended (a steppi
 the estimator freezes at the end of the batch whose optimiser step reaches ``warmup_steps``).
 The module decides what (``reallocation_pending()``, ``reallocate()``, ``current_ranks()``);
 this callback then rebuilds the optimiser and scheduler for the new parameters and logs the
-rank pattern. The pattern and the ``reallocated`` flag are saved by the module, so a resumed run
-rebuilds the shapes in ``on_load_checkpoint`` before the weights load; the callback keeps no state.
+rank pattern. The pattern and the ``reallocated`` flag fix tensor shapes, so the module saves them, and a
+resumed run rebuilds the shapes in ``on_load_checkpoint`` before the weights load; the
+callback keeps no state.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from pefthub.callbacks.importance import markdown_table, tensorboard_writers
+from pefthub.callbacks.protocols import RankReallocatingModule, require
 
 
 def rebuild_optimizers(trainer: Trainer) -> None:
@@ -72,7 +74,11 @@ def log_rank_pattern(trainer: Trainer, pl_module: LightningModule, pattern: dict
 
 
 class RankReallocation(Callback):
-    """Reallocate once, after the importance warm-up (GLoRA); see the module docstring."""
+    """Reallocate once, after the importance warm-up (GLoRA; a
+    :class:`~pefthub.callbacks.protocols.RankReallocatingModule`); see the module docstring."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require(pl_module, RankReallocatingModule, type(self).__name__)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.world_size > 1 and not pl_module.reallocated:

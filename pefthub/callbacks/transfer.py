@@ -7,23 +7,30 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from pefthub.callbacks.protocols import DeltaTunableModule, require
+
 
 class DeltaTuning(Callback):
     """Train only δθ (the mixer's per-type bias) — and, for a task the source never saw, a new
     task head — for ``steps`` optimiser steps, after the adapter was loaded into a new host
     (``model.init_adapter``). Everything else (atoms, generator, mixer θ, router) stays frozen.
 
+    Whether the head trains is the module's setting alone: a head loaded from the adapter
+    (``model.init_head: true``) stays frozen, a fresh one (``model.init_head: false``) trains
+    (:meth:`~pefthub.methods.UniHyperLoRAModule.freeze_for_delta_phase`).
+
     The freeze happens in ``setup`` (before the optimiser is built, so the optimiser holds
-    exactly the tuned tensors) and the run length is set to ``steps`` there too, so the learning-rate
-    schedule spans the phase. The trainable sizes are logged separately:
-    ``budget/delta_params`` and ``budget/new_head_params`` (0 when the head is not trained).
+    exactly the tuned tensors) and the run length is set to ``steps`` there too, replacing
+    ``trainer.max_epochs``/``max_steps`` (said in the log), so the learning-rate schedule spans
+    the phase. The trainable sizes are logged separately: ``budget/delta_params`` and
+    ``budget/new_head_params`` (0 when the head is not trained).
 
     Args:
         steps: optimiser steps of the phase.
-        train_head: also train the task head (for a new task; its size is reported separately).
+        train_head: optional check only: when given, it must agree with ``not model.init_head``.
     """
 
-    def __init__(self, steps: int = 500, train_head: bool = False) -> None:
+    def __init__(self, steps: int = 500, train_head: bool | None = None) -> None:
         if steps < 1:
             raise ValueError(f"DeltaTuning.steps must be >= 1, got {steps}")
         self.steps = steps
@@ -33,21 +40,21 @@ class DeltaTuning(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        hyper = getattr(pl_module, "hyper", None)
-        if hyper is None:
-            raise ValueError("DeltaTuning needs a UniHyperLoRA model (model.class_path: pefthub.methods.UniHyperLoRAModule)")
-        pl_module.requires_grad_(False)
-        hyper.mixer.delta.requires_grad_(True)
-        pl_module.head.requires_grad_(self.train_head)
+        require(pl_module, DeltaTunableModule, type(self).__name__)
+        if self.train_head is not None and self.train_head == pl_module.init_head:
+            raise ValueError(
+                f"DeltaTuning.train_head={self.train_head} contradicts model.init_head={pl_module.init_head}: the head "
+                "trains exactly when it is not loaded from the adapter; set only model.init_head"
+            )
+        self.sizes = pl_module.freeze_for_delta_phase()
+        before = (trainer.fit_loop.max_epochs, trainer.fit_loop.epoch_loop.max_steps)
         trainer.fit_loop.max_epochs = -1
         trainer.fit_loop.epoch_loop.max_steps = self.steps
-        self.sizes = {
-            "budget/delta_params": hyper.mixer.delta.numel(),
-            "budget/new_head_params": sum(p.numel() for p in pl_module.head.parameters()) if self.train_head else 0,
-        }
+        head = self.sizes["budget/new_head_params"]
         rank_zero_info(
-            f"δθ phase: {self.steps} steps, training {self.sizes['budget/delta_params']} δθ values"
-            + (f" and a new head of {self.sizes['budget/new_head_params']} parameters" if self.train_head else "")
+            f"δθ phase: run length set to {self.steps} optimiser steps (DeltaTuning.steps; trainer.max_epochs={before[0]}, "
+            f"max_steps={before[1]} are overridden), training {self.sizes['budget/delta_params']} δθ values"
+            + (f" and a new head of {head} parameters" if head else "")
         )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -55,8 +62,7 @@ class DeltaTuning(Callback):
             logger.log_metrics({k: float(v) for k, v in self.sizes.items()}, step=trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "train_head": self.train_head}
+        return {"steps": self.steps}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.steps = int(state_dict.get("steps", self.steps))
-        self.train_head = bool(state_dict.get("train_head", self.train_head))

@@ -34,7 +34,7 @@ from pefthub.adapters.adalora import (
     orthogonal_regularization_gradients,
     singular_values_folded,
 )
-from pefthub.adapters.inject import AdapterSite, find_targets, inject_adapters
+from pefthub.adapters.inject import AdapterSite, inject_adapters
 from pefthub.adapters.io import save_adapter
 from pefthub.backbones import default_targets
 from pefthub.callbacks.adapter_export import SaveAdapter
@@ -100,38 +100,30 @@ class AdaLoRAModule(PEFTModule):
             raise ValueError(f"model.orth_reg_weight must be >= 0, got {orth_reg_weight}")
         if orth_reg_form not in ORTH_REG_FORMS:
             raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {orth_reg_form!r}")
+        super().__init__(**kwargs)
         self.init_rank = init_rank
         self.target_rank = target_rank
         self.alpha = alpha
         self.lora_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else None
+        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         self.schedule = {"tinit": tinit, "tfinal": tfinal, "delta_t": delta_t, "beta1": beta1, "beta2": beta2}
         self.orth_reg_weight = orth_reg_weight
         self.orth_reg_form = orth_reg_form
         self.log_ranks = log_ranks
-        self.sites: list[AdapterSite] = []
-        self.svd_layers: dict[str, SVDLinear] = {}
-        super().__init__(**kwargs)
+        self.sites: list[AdapterSite] = inject_adapters(self.backbone, self.target_modules, self._make_layer)
+        self.svd_layers: dict[str, SVDLinear] = {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
+        self.allocator = RankAllocator(self.svd_layers, target_rank=self.target_rank, **self.schedule)
+        self.adapters_ready()
 
     # ------------------------------------------------------------------ adapters
 
-    def build_adapters(self) -> None:
-        patterns = self.target_modules or list(default_targets(self.family))
-        self.target_modules = patterns
-        for name, _ in find_targets(self.backbone, patterns):
-            linear = self.backbone.get_submodule(name)
-            if self.init_rank > min(linear.in_features, linear.out_features):
-                raise ValueError(
-                    f"model.init_rank={self.init_rank} exceeds min(d_in, d_out) of target {name!r}; "
-                    "lower it or exclude that module"
-                )
-        self.sites = inject_adapters(
-            self.backbone,
-            patterns,
-            lambda linear, site: SVDLinear(linear, rank=self.init_rank, alpha=self.alpha, dropout=self.lora_dropout),
-        )
-        self.svd_layers = {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
-        self.allocator = RankAllocator(self.svd_layers, target_rank=self.target_rank, **self.schedule)
+    def _make_layer(self, linear: torch.nn.Linear, site: AdapterSite) -> SVDLinear:
+        if self.init_rank > min(linear.in_features, linear.out_features):
+            raise ValueError(
+                f"model.init_rank={self.init_rank} exceeds min(d_in, d_out) of target {site.name!r}; "
+                "lower it or exclude that module"
+            )
+        return SVDLinear(linear, rank=self.init_rank, alpha=self.alpha, dropout=self.lora_dropout)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         with singular_values_folded(self.svd_layers.values()):

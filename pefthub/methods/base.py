@@ -2,14 +2,14 @@
 
 It owns the frozen backbone, the task head, the optimiser (AdamW by default, linear
 warm-up then linear decay keyed on optimiser steps), torchmetrics metrics and logging.
-A method supplies :meth:`build_adapters` (and may override :meth:`regularization` and
-:meth:`configure_callbacks`). Checkpoints hold only the trainable tensors (adapters and
+A method's ``__init__`` is plain: ``super().__init__(**shared)`` builds the frozen host and
+head, the method validates its settings and inserts its adapters, then calls
+:meth:`adapters_ready` (it may override :meth:`regularization` and :meth:`configure_callbacks`). Checkpoints hold only the trainable tensors (adapters and
 head): the frozen backbone is rebuilt from ``backbone`` on load.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -172,16 +172,23 @@ class PEFTModule(LightningModule):
         # token tasks: entity F1 per type at test time, logged as test/entity_f1/<type>
         self.test_entity_types = EntityTypeF1(self.label_names) if task_type == "token_classification" else None
 
-        self.build_adapters()
-        for module in self.backbone.modules():
-            if hasattr(module, "fast_cpu_kernels"):
-                module.fast_cpu_kernels = bool(fast_cpu_kernels)
-        mark_only_adapters_trainable(self.backbone)
-        self.head.requires_grad_(True)
+        self.backbone.requires_grad_(False)  # the host is frozen; a method's adapters train
         # Checkpoints carry only trainable tensors; the frozen backbone comes from `backbone`.
         self.strict_loading = False
-        if init_adapter is not None:
-            self.load_init_adapter(init_adapter)
+        self._fast_cpu_kernels = bool(fast_cpu_kernels)
+        self._init_adapter = init_adapter
+
+    def adapters_ready(self) -> None:
+        """End of a method's ``__init__``, once its adapters are in ``self.backbone``: set their
+        CPU kernels, make exactly the adapters and the head trainable, then load
+        ``model.init_adapter`` (its tensors need the adapters to exist)."""
+        for module in self.backbone.modules():
+            if hasattr(module, "fast_cpu_kernels"):
+                module.fast_cpu_kernels = self._fast_cpu_kernels
+        mark_only_adapters_trainable(self.backbone)
+        self.head.requires_grad_(True)
+        if self._init_adapter is not None:
+            self.load_init_adapter(self._init_adapter)
 
     def load_init_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load ``model.init_adapter``: a pefthub adapter directory, or a PEFT LoRA directory
@@ -210,10 +217,6 @@ class PEFTModule(LightningModule):
         return self.load_adapter(path)
 
     # ------------------------------------------------------------------ method hooks
-
-    def build_adapters(self) -> None:
-        """Insert this method's adapter layers into ``self.backbone`` (called in ``__init__``)."""
-        raise NotImplementedError
 
     def regularization(self) -> torch.Tensor | None:
         """Extra loss term added to the task loss during training (none by default)."""
@@ -435,7 +438,6 @@ class PEFTModule(LightningModule):
         }
         for logger in self.loggers:
             logger.log_metrics(figures, step=self.global_step)
-        self._fit_started = time.perf_counter()
 
     def setup(self, stage: str) -> None:
         """Refuse a data module whose tokenizer does not belong to this backbone (token ids
@@ -457,10 +459,15 @@ class PEFTModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def checkpoint_tensor_names(self) -> set[str]:
+        """The tensors a checkpoint keeps (and a resume needs): the trainable parameters; a
+        method whose adapter also has frozen parts (UniHyperLoRA's δθ phase) widens it."""
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only trainable tensors: a MiniLM checkpoint is then ~1 MB instead of 90 MB."""
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        """Keep only :meth:`checkpoint_tensor_names`: a MiniLM checkpoint is then ~1 MB instead of 90 MB."""
+        keep = self.checkpoint_tensor_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["pefthub"] = {"version": __version__, "method": self.method_name, "backbone": self.backbone_name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -471,12 +478,11 @@ class PEFTModule(LightningModule):
                     f"checkpoint was written by {key} {written_by[key]!r} but this run uses {key} {own!r}; "
                     f"set model.{'class_path' if key == 'method' else 'backbone'} to match it or start a new run"
                 )
-        expected = {name for name, p in self.named_parameters() if p.requires_grad}
         # a DeepSpeed engine loads the weights itself and hands over only the names it saved
-        missing = sorted(expected - saved_tensor_names(checkpoint))
+        missing = sorted(self.checkpoint_tensor_names() - saved_tensor_names(checkpoint))
         if missing:
             raise ValueError(
-                f"checkpoint lacks {len(missing)} trainable tensor(s) this {type(self).__name__} needs "
+                f"checkpoint lacks {len(missing)} tensor(s) this {type(self).__name__} trains "
                 f"(e.g. {missing[:3]}); was it written by another method or configuration?"
             )
 
@@ -498,9 +504,15 @@ class PEFTModule(LightningModule):
         tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         return tensors
 
+    def adapter_file(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The adapter file's JSON half and tensors, exactly as :meth:`save_adapter` writes them
+        (a method that stores its tensors encoded, as UniHyperLoRA's int8/int4, overrides this)."""
+        return self.adapter_file_config(), self.adapter_tensors()
+
     def adapter_file_bytes(self) -> int:
         """Bytes of ``adapter.safetensors`` + ``adapter_config.json`` as :meth:`save_adapter` writes them."""
-        return serialized_size(self.adapter_tensors()) + len(config_text(self.adapter_file_config()).encode())
+        config, tensors = self.adapter_file()
+        return serialized_size(tensors) + len(config_text(config).encode())
 
     def adapter_file_config(self) -> dict[str, Any]:
         """The JSON half of the adapter file (everything but the tensors)."""
@@ -517,7 +529,7 @@ class PEFTModule(LightningModule):
         }
 
     def save_adapter(self, directory: str | Path) -> Path:
-        return save_adapter(directory, self.adapter_file_config(), self.adapter_tensors())
+        return save_adapter(directory, *self.adapter_file())
 
     def load_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load an adapter saved by :meth:`save_adapter` into this module (no pickle)."""

@@ -25,10 +25,8 @@ class FullFineTuneModule(PEFTModule):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.backbone.requires_grad_(True)
-
-    def build_adapters(self) -> None:
-        """Nothing to insert: the backbone itself is trained."""
+        self.adapters_ready()  # no adapters: this loads model.init_adapter
+        self.backbone.requires_grad_(True)  # the backbone itself is trained
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """All backbone parameters (``backbone.<name>``) and the task head (``head.*``)."""

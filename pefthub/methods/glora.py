@@ -29,19 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from pefthub.adapters.io import load_adapter as read_adapter_file
-from pefthub.callbacks.importance import ImportanceWarmup
 from pefthub.callbacks.rank_reallocation import RankReallocation
 from pefthub.importance import ImportanceEstimator, allocate_ranks, normalize
+from pefthub.methods.importance import ImportanceWarmupMixin
 from pefthub.methods.lora import LoRAModule
 
-IMPORTANCE_KEY = "pefthub_importance"
+# the rank pattern fixes the tensor shapes, so it is module state: it must be rebuilt before
+# the weights load (the importance estimator is the warm-up callback's state)
 RANKS_KEY = "pefthub_rank_pattern"
 
 
-class GLoRAModule(LoRAModule):
+class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
     """LoRA whose per-matrix ranks are reallocated once, after a gradient-norm warm-up.
 
     Args:
@@ -73,8 +73,12 @@ class GLoRAModule(LoRAModule):
         fisher_impl: str = "auto",
         **kwargs: Any,
     ) -> None:
+        # set before LoRAModule.__init__: with model.init_adapter it loads the file, and
+        # load_adapter applies the file's rank pattern and reallocated flag
         self.importance_estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)
-        self.importance_warmup = ImportanceWarmup(warmup_steps, calibration, calibration_lr_scale)
+        self.warmup_steps = warmup_steps
+        self.calibration = calibration
+        self.calibration_lr_scale = calibration_lr_scale
         self.reallocated = False
         super().__init__(**kwargs)
         caps = [min(site.d_in, site.d_out) for site in self.sites]
@@ -90,12 +94,9 @@ class GLoRAModule(LoRAModule):
                 param.requires_grad_(param.numel() > 0)
 
     def configure_callbacks(self) -> list:
-        return [*super().configure_callbacks(), self.importance_warmup, RankReallocation()]
+        return [*super().configure_callbacks(), self.warmup_callback(), RankReallocation()]
 
     # ------------------------------------------------------------------ importance protocol
-
-    def importance_layers(self) -> dict[str, nn.Module]:
-        return {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
 
     def on_importance_frozen(self) -> None:
         """Nothing to do yet: :class:`RankReallocation` rebuilds at the next batch start."""
@@ -155,13 +156,10 @@ class GLoRAModule(LoRAModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint[IMPORTANCE_KEY] = self.importance_estimator.state_dict()
         checkpoint[RANKS_KEY] = {"rank_pattern": self.current_ranks(), "reallocated": self.reallocated}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before load_state_dict: rebuild the shapes first.
-        if IMPORTANCE_KEY in checkpoint:
-            self.importance_estimator.load_state_dict(checkpoint[IMPORTANCE_KEY])
         if RANKS_KEY in checkpoint:
             self.apply_rank_pattern(checkpoint[RANKS_KEY]["rank_pattern"])
             self.reallocated = bool(checkpoint[RANKS_KEY]["reallocated"])

@@ -26,6 +26,7 @@ proposals' FW-LoRA weights by a per-matrix (not per-parameter) importance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -43,10 +44,40 @@ from pefthub.importance import (
 )
 from pefthub.methods.lora import LoRAModule
 
-CHECKPOINT_KEY = "pefthub_importance"
+CHECKPOINT_KEY = "pefthub_importance"  # where checkpoints written before the callback kept the estimator
 
 
-class ImportanceLoRAModule(LoRAModule):
+class ImportanceWarmupMixin:
+    """The module side of :class:`~pefthub.callbacks.importance.ImportanceWarmup` shared by
+    FW/IW-LoRA and GLoRA (the :class:`~pefthub.callbacks.protocols.ImportanceWarmupModule`
+    contract): the layers observed, and the estimator's state going in and out."""
+
+    importance_estimator: ImportanceEstimator
+
+    def warmup_callback(self) -> ImportanceWarmup:
+        """The warm-up phase's callback (validates ``warmup_steps`` and ``calibration*``)."""
+        return ImportanceWarmup(self.warmup_steps, self.calibration, self.calibration_lr_scale)
+
+    def importance_layers(self) -> dict[str, nn.Module]:
+        return {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
+
+    def reduce_importance(self, reduce: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Combine the running importances across processes (``reduce`` runs on this module's device)."""
+        self.importance_estimator.reduce(reduce, self.device)
+
+    def load_importance_state(self, state: dict[str, Any]) -> None:
+        """Restore the estimator (a resumed run); a frozen one fixes what depends on it."""
+        self.importance_estimator.load_state_dict(state)
+        if self.importance_estimator.frozen:
+            self.on_importance_frozen()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if CHECKPOINT_KEY in checkpoint:  # written before the callback held the estimator
+            self.load_importance_state(checkpoint[CHECKPOINT_KEY])
+        super().on_load_checkpoint(checkpoint)
+
+
+class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
     """LoRA + importance-weighted shrinkage of each ΔW (FW-LoRA / IW-LoRA).
 
     Args:
@@ -89,28 +120,29 @@ class ImportanceLoRAModule(LoRAModule):
             raise ValueError(f"model.penalty_weight (λ) must be >= 0, got {penalty_weight}")
         if penalty_exponent <= 0:
             raise ValueError(f"model.penalty_exponent (β) must be > 0, got {penalty_exponent}")
-        self.importance_estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)
-        self.importance_warmup = ImportanceWarmup(warmup_steps, calibration, calibration_lr_scale)  # validates the keys
+        estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)  # validates its settings
+        super().__init__(**kwargs)
+        self.importance_estimator = estimator
+        self.warmup_steps = warmup_steps
+        self.calibration = calibration
+        self.calibration_lr_scale = calibration_lr_scale
         self.importance_normalization = importance_normalization
         self.penalty_weight = penalty_weight
         self.penalty_exponent = penalty_exponent
         self._weights: torch.Tensor | None = None
         self._weight_list: list[float] = []
         self._penalty_cache: dict = {}  # weighted_delta_sq_norm_gradients' device-side factors
-        super().__init__(**kwargs)
 
     def configure_callbacks(self) -> list:
-        return [*super().configure_callbacks(), self.importance_warmup]
+        return [*super().configure_callbacks(), self.warmup_callback()]
 
     # ------------------------------------------------------------------ importance protocol
-
-    def importance_layers(self) -> dict[str, nn.Module]:
-        return {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
 
     def importances(self) -> dict[str, float]:
         return normalize(self.importance_estimator.values(), self.importance_normalization)
 
     def on_importance_frozen(self) -> None:
+        """The penalty weights w_m = (1 − I_m)^β, fixed from here on."""
         weights = penalty_weights(self.importances(), self.penalty_exponent)
         self._weight_list = [weights[site.name] for site in self.sites]
         self._weights = torch.tensor(self._weight_list, dtype=torch.float32)
@@ -156,17 +188,9 @@ class ImportanceLoRAModule(LoRAModule):
 
     # ------------------------------------------------------------------ checkpoints and files
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[CHECKPOINT_KEY] = self.importance_estimator.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if CHECKPOINT_KEY in checkpoint:
-            self.importance_estimator.load_state_dict(checkpoint[CHECKPOINT_KEY])
-            self._weights = None
-            if self.importance_estimator.frozen:
-                self.on_importance_frozen()
-        super().on_load_checkpoint(checkpoint)
+    def load_importance_state(self, state: dict[str, Any]) -> None:
+        self._weights = None
+        super().load_importance_state(state)
 
     def adapter_config(self) -> dict[str, Any]:
         config = super().adapter_config()

@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from pefthub.adapters.inject import AdapterSite, find_targets, inject_adapters
+from pefthub.adapters.inject import AdapterSite, inject_adapters
 from pefthub.adapters.io import load_adapter
 from pefthub.adapters.lora import LoRALinear
 from pefthub.backbones import default_targets
+from pefthub.budget import BudgetError
 from pefthub.methods.base import PEFTModule
 
 
@@ -65,6 +66,7 @@ class LoRAModule(PEFTModule):
             raise ValueError(f"model.max_adapter_bytes must be >= 1 or null, got {max_adapter_bytes}")
         if fit_rank_to_budget and max_adapter_bytes is None:
             raise ValueError("model.fit_rank_to_budget needs model.max_adapter_bytes (the budget the rank is fitted to)")
+        super().__init__(**kwargs)
         self.max_adapter_bytes = max_adapter_bytes
         self.fit_rank_to_budget = fit_rank_to_budget
         self.max_flop_overhead = max_flop_overhead
@@ -74,39 +76,27 @@ class LoRAModule(PEFTModule):
         self.rank_pattern = dict(rank_pattern or {})
         self.alpha_pattern = dict(alpha_pattern or {})
         self.lora_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else None
-        self.sites: list[AdapterSite] = []
-        super().__init__(**kwargs)
-
-    def build_adapters(self) -> None:
-        patterns = self.target_modules or list(default_targets(self.family))
-        self.target_modules = patterns
-        for name, _ in find_targets(self.backbone, patterns):
-            linear = self.backbone.get_submodule(name)
-            rank = self.rank_for(name)
-            if not 0 <= rank <= min(linear.in_features, linear.out_features):
-                raise ValueError(
-                    f"model.rank={rank} for target {name!r} is outside [0, min(d_in, d_out)] = "
-                    f"[0, {min(linear.in_features, linear.out_features)}]; lower the rank or exclude that module"
-                )
+        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         rng_before_init = torch.get_rng_state()
-        self.sites = inject_adapters(
-            self.backbone,
-            patterns,
-            lambda linear, site: LoRALinear(
-                linear, rank=self.rank_for(site.name), alpha=self.alpha_for(site.name), dropout=self.lora_dropout
-            ),
-        )
+        self.sites: list[AdapterSite] = inject_adapters(self.backbone, self.target_modules, self._make_layer)
         if self.fit_rank_to_budget:
             self._cap_rank_to_budget(rng_before_init)
+        self.adapters_ready()
+
+    def _make_layer(self, linear: torch.nn.Linear, site: AdapterSite) -> LoRALinear:
+        rank = self.rank_for(site.name)
+        if not 0 <= rank <= min(linear.in_features, linear.out_features):
+            raise ValueError(
+                f"model.rank={rank} for target {site.name!r} is outside [0, min(d_in, d_out)] = "
+                f"[0, {min(linear.in_features, linear.out_features)}]; lower the rank or exclude that module"
+            )
+        return LoRALinear(linear, rank=rank, alpha=self.alpha_for(site.name), dropout=self.lora_dropout)
 
     def _cap_rank_to_budget(self, rng_before_init: torch.Tensor) -> None:
         """Lower every module's rank to ``min(rank, r_cap)`` for the largest ``r_cap`` whose
         adapter files fit ``max_adapter_bytes`` (sizes measured by serialising, as saved), then
         redraw the A matrices from the RNG state the injection started from: the result equals
         an adapter built directly with the capped ranks."""
-        from pefthub.callbacks.budget import BudgetError
-
         configured = {name: layer.rank for name, layer in self._lora_layers()}
         size = self.adapter_file_bytes()
         if size <= self.max_adapter_bytes:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_save
 
 from pefthub import __version__
 from pefthub.adapters import quant
@@ -24,7 +23,7 @@ from pefthub.adapters.hyper import (
     canonical_type,
 )
 from pefthub.adapters.inject import AdapterSite, inject_adapters
-from pefthub.adapters.io import CONFIG_NAME, load_adapter, save_adapter
+from pefthub.adapters.io import CONFIG_NAME, load_adapter
 from pefthub.backbones import default_targets
 from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.methods.base import PEFTModule
@@ -206,7 +205,7 @@ class UniHyperLoRAModule(PEFTModule):
         for key, value in (("lambda_flops", lambda_flops), ("lambda_delta", lambda_delta)):
             if value < 0:
                 raise ValueError(f"model.{key} must be >= 0, got {value}")
-        self.hyper_kwargs = dict(
+        hyper_kwargs = dict(
             num_atoms=num_atoms,
             d0=d0,
             top_k=top_k,
@@ -229,9 +228,10 @@ class UniHyperLoRAModule(PEFTModule):
             stored = read_adapter_config(init_adapter)
             if stored.get("method") != self.method_name:
                 raise ValueError(f"model.init_adapter={init_adapter!r} was saved by method {stored.get('method')!r}, not {self.method_name!r}")
-            self.hyper_kwargs.update({k: stored["hyper"][k] for k in (*self.structural_keys, *BEHAVIOUR_KEYS)})
+            hyper_kwargs.update({k: stored["hyper"][k] for k in (*self.structural_keys, *BEHAVIOUR_KEYS)})
+        super().__init__(**kwargs)
         self.adapter_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else None
+        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         self.module_types = dict(module_types or {})
         self.lambda_flops = lambda_flops
         self.lambda_delta = lambda_delta
@@ -240,8 +240,10 @@ class UniHyperLoRAModule(PEFTModule):
         self.max_adapter_bytes = max_adapter_bytes
         self.max_flop_overhead = max_flop_overhead
         self.budget_seq_len = budget_seq_len
-        self.sites: list[AdapterSite] = []
-        super().__init__(**kwargs)
+        self.init_head = bool(init_head)
+        self.hyper = HyperShared(**hyper_kwargs)
+        self.sites: list[AdapterSite] = self._insert_adapters()
+        self.adapters_ready()
         if not self.train_delta:  # stays zero at the source; DeltaTuning unfreezes it later
             self.hyper.mixer.delta.requires_grad_(False)
         if init_adapter is not None:
@@ -249,27 +251,26 @@ class UniHyperLoRAModule(PEFTModule):
 
     # ------------------------------------------------------------------ building
 
-    def build_adapters(self) -> None:
-        patterns = self.target_modules or list(default_targets(self.family))
-        self.target_modules = patterns
-        types = {p: CANONICAL_TYPES.index(canonical_type(p, self.module_types)) for p in patterns}
-        self.hyper = HyperShared(**self.hyper_kwargs)
-        self.sites = inject_adapters(
+    def _insert_adapters(self) -> list[AdapterSite]:
+        """One HyperLinear per target, all sharing ``self.hyper``; the head becomes portable."""
+        types = {p: CANONICAL_TYPES.index(canonical_type(p, self.module_types)) for p in self.target_modules}
+        sites = inject_adapters(
             self.backbone,
-            patterns,
+            self.target_modules,
             lambda linear, site: HyperLinear(
                 linear, self.hyper, site.depth, types[site.module_type], self.adapter_dropout
             ),
         )
         if self.hyper.learned is not None:  # SAT-LoRA: one projector pair per width of this host
             hidden = int(self.backbone.config.hidden_size)  # block inputs (router) and pooled state (head)
-            self.hyper.add_projectors({hidden, *(s.d_in for s in self.sites), *(s.d_out for s in self.sites)})
+            self.hyper.add_projectors({hidden, *(s.d_in for s in sites), *(s.d_out for s in sites)})
         num_layers = int(getattr(self.backbone.config, "num_hidden_layers", 1))
-        self.hyper.attach(self.backbone, [(s.depth, block_name(s.name)) for s in self.sites], num_layers)
+        self.hyper.attach(self.backbone, [(s.depth, block_name(s.name)) for s in sites], num_layers)
         positions = getattr(self.backbone.config, "pefthub_unit_positions", None)
         for width, coords in (positions or {}).items():  # derived (pruned) hosts: source coordinates
             self.hyper.set_positions(int(width), torch.tensor(coords, dtype=torch.float32))
         self.head = PortableHead(self.hyper, self.head.out_features)
+        return sites
 
     # ------------------------------------------------------------------ losses, logging
 
@@ -311,6 +312,19 @@ class UniHyperLoRAModule(PEFTModule):
         for logger in self.loggers:
             logger.log_metrics(figures, step=self.global_step)
 
+    def freeze_for_delta_phase(self) -> dict[str, int]:
+        """The δθ phase (:class:`~pefthub.callbacks.transfer.DeltaTuning`): freeze everything but
+        δθ and, when the head was not loaded from the adapter (``init_head: false``), the head;
+        returns the trained sizes (``budget/delta_params``, ``budget/new_head_params``)."""
+        train_head = not self.init_head
+        self.requires_grad_(False)
+        self.hyper.mixer.delta.requires_grad_(True)
+        self.head.requires_grad_(train_head)
+        return {
+            "budget/delta_params": self.hyper.mixer.delta.numel(),
+            "budget/new_head_params": sum(p.numel() for p in self.head.parameters()) if train_head else 0,
+        }
+
     def configure_callbacks(self) -> list:
         from pefthub.callbacks.budget import BudgetCheck
 
@@ -321,19 +335,9 @@ class UniHyperLoRAModule(PEFTModule):
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _adapter_names(self) -> set[str]:
+    def checkpoint_tensor_names(self) -> set[str]:
+        """Every adapter tensor (also the ones a δθ phase froze), nothing of the host."""
         return {f"hyper.{n}" for n, _ in self.hyper.named_parameters()} | {f"head.{n}" for n, _ in self.head.named_parameters()}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep every adapter tensor (also the ones a δθ phase froze), nothing of the host."""
-        super().on_save_checkpoint(checkpoint)
-        state = self.state_dict()
-        checkpoint["state_dict"] = {k: state[k] for k in sorted(self._adapter_names())}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(self._adapter_names() - set(checkpoint.get("state_dict", {})))
-        if missing:
-            raise ValueError(f"checkpoint lacks UniHyperLoRA tensor(s) {missing[:3]}; was it written by another method?")
 
     # ------------------------------------------------------------------ adapter files
 
@@ -352,9 +356,10 @@ class UniHyperLoRAModule(PEFTModule):
             entries[name] = entry
         return stored, entries
 
-    def _file_config(self, entries: dict[str, dict]) -> dict[str, Any]:
+    def adapter_file_config(self) -> dict[str, Any]:
         """The adapter JSON: method, task and canonical settings only — no backbone name, width,
-        depth or layer list, so any host can load it."""
+        depth or layer list, so any host can load it (the storage entries come with
+        :meth:`adapter_file`)."""
         return {
             "method": self.method_name,
             "pefthub_version": __version__,
@@ -363,19 +368,12 @@ class UniHyperLoRAModule(PEFTModule):
             "label_names": self.label_names,
             "pooling": self.pooling,
             "hyper": self.hyper.config(),
-            "storage": entries,
         }
 
-    def adapter_file_bytes(self) -> int:
-        """Bytes of ``adapter.safetensors`` + ``adapter_config.json`` as :meth:`save_adapter` writes them."""
+    def adapter_file(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The JSON (with each tensor's storage entry) and the tensors as stored (quantised)."""
         stored, entries = self.encoded_adapter()
-        config = {"format_version": 1, **self._file_config(entries)}
-        weights = safetensors_save({k: v.detach().cpu().contiguous() for k, v in stored.items()}, metadata={"format": "pt"})
-        return len(weights) + len(json.dumps(config, indent=2, sort_keys=True).encode()) + 1
-
-    def save_adapter(self, directory: str | Path) -> Path:
-        stored, entries = self.encoded_adapter()
-        return save_adapter(directory, self._file_config(entries), stored)
+        return {**self.adapter_file_config(), "storage": entries}, stored
 
     def load_adapter(self, path: str | Path, load_head: bool = True) -> dict[str, Any]:
         """Load an adapter saved by :meth:`save_adapter` from ANY host (no retraining needed);

@@ -61,27 +61,23 @@ class VeRAModule(PEFTModule):
             raise ValueError(f"model.rank must be >= 1, got {rank}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        super().__init__(**kwargs)
         self.rank = rank
         self.d_initial = float(d_initial)
         self.projection_prng_key = int(projection_prng_key)
         self.vera_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else None
+        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         self.save_projection = bool(save_projection)
-        self.sites: list[AdapterSite] = []
-        super().__init__(**kwargs)
-
-    def build_adapters(self) -> None:
-        patterns = self.target_modules or list(default_targets(self.family))
-        self.target_modules = patterns
-        shapes = [self.backbone.get_submodule(name) for name, _ in find_targets(self.backbone, patterns)]
+        shapes = [self.backbone.get_submodule(name) for name, _ in find_targets(self.backbone, self.target_modules)]
         d_in = max(linear.in_features for linear in shapes)
         d_out = max(linear.out_features for linear in shapes)
         self.vera_projections = VeRAProjections(self.rank, d_in, d_out, seed=self.projection_prng_key)
-        self.sites = inject_adapters(
+        self.sites: list[AdapterSite] = inject_adapters(
             self.backbone,
-            patterns,
+            self.target_modules,
             lambda linear, site: VeRALinear(linear, self.vera_projections, d_initial=self.d_initial, dropout=self.vera_dropout),
         )
+        self.adapters_ready()
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().adapter_tensors()
