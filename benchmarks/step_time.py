@@ -98,9 +98,6 @@ class HeadOnly(PEFTModule):
 
     method_name = "none"
 
-    def build_adapters(self) -> None:
-        pass
-
 
 class Floor(HeadOnly):
     """Frozen backbone; the backward pass reaches the input embeddings and stops there."""

@@ -104,3 +104,8 @@ def test_docs_stand_alone_without_files_outside_the_repo():
         text = page.read_text()
         assert "DESIGN.md" not in text, page
         assert "../shared" not in text, page
+    # code comments and config headers cite the repository's own docs too
+    sources = [p for folder in ("pefthub", "configs", "benchmarks", "scripts", "tests") for p in (REPO / folder).rglob("*")
+               if p.suffix in (".py", ".yaml", ".sh") and p.name != "test_readme.py"]
+    citing = [str(p.relative_to(REPO)) for p in sources if "DESIGN.md" in p.read_text() or "../shared" in p.read_text()]
+    assert not citing, citing

@@ -1,6 +1,6 @@
 """SAT-LoRA: UniHyperLoRA's atoms, mixer, router and head with projectors learned per host.
 
-Not a published method: DESIGN.md section 3 (point 9) defines it as the baseline the
+Not a published method: docs/design.md (section 3) defines it as the baseline the
 UniHyperLoRA proposal compares against, and it is also the projector ablation. The only
 difference from :class:`~pefthub.methods.unihyperlora.UniHyperLoRAModule` is where
 ``P_out(d)`` and ``P_in(d)`` come from: free matrices for each distinct width d of the host

@@ -112,7 +112,7 @@ def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class UniHyperLoRAModule(PEFTModule):
-    """UniHyperLoRA on the frozen backbone (DESIGN.md section 3):
+    """UniHyperLoRA on the frozen backbone (docs/design.md, section 3):
     ``y = W x + s Σ_{j∈top-k} π_j m_j(ℓ/L, type) · P_out(d_out) u_j (v_jᵀ P_in(d_in) x)``.
 
     Args:
