@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from pefthub.adapters import SVDLinear
-from pefthub.adapters.adalora import RankAllocator
+from pefthub.adapters.rank_allocation import RankAllocator
 from pefthub.backbones import build_tiny_model
 from pefthub.data import SentenceClassificationDataModule
 from pefthub.methods import AdaLoRAModule

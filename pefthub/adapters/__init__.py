@@ -1,6 +1,6 @@
 """Adapter math in plain torch (no Lightning imports)."""
 
-from pefthub.adapters.adalora import RankAllocator, SVDLinear, export_as_lora
+from pefthub.adapters.adalora import SVDLinear, export_as_lora
 from pefthub.adapters.inject import (
     AdapterSite,
     adapter_modules,
@@ -10,6 +10,7 @@ from pefthub.adapters.inject import (
     mark_only_adapters_trainable,
 )
 from pefthub.adapters.lora import LoRALinear
+from pefthub.adapters.rank_allocation import RankAllocator
 from pefthub.adapters.vera import VeRALinear, VeRAProjections
 
 __all__ = [

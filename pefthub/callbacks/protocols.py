@@ -15,14 +15,14 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from pefthub.adapters.adalora import RankAllocator
     from pefthub.adapters.inject import AdapterSite
+    from pefthub.adapters.rank_allocation import RankAllocator
     from pefthub.importance import ImportanceEstimator
 
 
 @runtime_checkable
 class RankAllocatingModule(Protocol):
-    """AdaLoRA: a :class:`~pefthub.adapters.adalora.RankAllocator` stepped once per optimiser step."""
+    """AdaLoRA: a :class:`~pefthub.adapters.rank_allocation.RankAllocator` stepped once per optimiser step."""
 
     allocator: RankAllocator
 

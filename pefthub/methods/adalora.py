@@ -1,6 +1,6 @@
 """AdaLoRA as a LightningModule (Zhang et al., ICLR 2023).
 
-The module owns the SVD-shaped adapters and the :class:`~pefthub.adapters.adalora.RankAllocator`
+The module owns the SVD-shaped adapters and the :class:`~pefthub.adapters.rank_allocation.RankAllocator`
 ("what"); :class:`~pefthub.callbacks.rank_allocation.AdaLoRARankAllocation` (returned by
 :meth:`AdaLoRAModule.configure_callbacks`) decides "when". The orthogonality penalty is added
 by this module itself, its gradient in closed form after each backward
@@ -27,7 +27,6 @@ from pefthub import __version__
 from pefthub.adapters.adalora import (
     ORTH_REG_FORMS,
     LoRAExport,
-    RankAllocator,
     SVDLinear,
     export_as_lora,
     orthogonal_regularization,
@@ -36,6 +35,7 @@ from pefthub.adapters.adalora import (
 )
 from pefthub.adapters.inject import AdapterSite, inject_adapters
 from pefthub.adapters.io import save_adapter
+from pefthub.adapters.rank_allocation import RankAllocator
 from pefthub.backbones import default_targets
 from pefthub.callbacks.adapter_export import SaveAdapter
 from pefthub.callbacks.rank_allocation import AdaLoRARankAllocation
