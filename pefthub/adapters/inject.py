@@ -1,9 +1,8 @@
 """Find target ``nn.Linear`` layers by name pattern and swap adapter layers in.
 
-A pattern matches a module whose dotted name equals it or ends with ``"." + pattern``
-(``output.dense`` matches ``encoder.layer.0.output.dense`` and
-``encoder.layer.0.attention.output.dense``); a pattern starting with ``re:`` is a regular
-expression that must match the whole name.
+Patterns follow :mod:`pefthub.adapters.names`: a module whose dotted name equals the pattern
+or ends with ``"." + pattern`` (``output.dense`` matches ``encoder.layer.0.output.dense`` and
+``encoder.layer.0.attention.output.dense``), or ``re:<regex>`` matching the whole name.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 from torch import nn
+
+from pefthub.adapters.names import most_specific
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,6 @@ class AdapterSite:
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
-def pattern_matches(pattern: str, name: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return name == pattern or name.endswith("." + pattern)
-
-
 def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[tuple[str, str]]:
     """``(module name, matching pattern)`` for every ``nn.Linear`` matched by ``patterns``,
     in module order. Each pattern must match something: otherwise a ValueError lists the
@@ -50,7 +45,7 @@ def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[tuple[str, s
     unused = set(patterns)
     for name in linear_names:
         # most specific (longest) pattern wins, so types stay distinct
-        matching = sorted((p for p in patterns if pattern_matches(p, name)), key=len, reverse=True)
+        matching = most_specific(patterns, name)
         if matching:
             found.append((name, matching[0]))
             unused.difference_update(matching)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from pefthub.adapters.io import load_adapter, read_json_object, read_safetensors, save_adapter
+from pefthub.adapters.names import first_match
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -110,7 +111,7 @@ def import_from_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, ba
         module = key[: -len(".lora_A.weight")].removeprefix(_PREFIX)
         b = weights[key.replace(".lora_A.weight", ".lora_B.weight")]
         rank = int(tensor.shape[0])
-        alpha = _pattern_value(peft_config.get("alpha_pattern") or {}, module, peft_config["lora_alpha"])
+        alpha = first_match(peft_config.get("alpha_pattern") or {}, module, peft_config["lora_alpha"])
         tensors[f"backbone.{module}.lora_A"] = tensor
         tensors[f"backbone.{module}.lora_B"] = b
         rank_pattern[module] = rank
@@ -127,13 +128,6 @@ def import_from_peft(peft_dir: str | os.PathLike, out_dir: str | os.PathLike, ba
         "imported_from": str(peft_dir),
     }
     return save_adapter(out_dir, config, tensors)
-
-
-def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
-    for key, value in pattern.items():
-        if module == key or module.endswith("." + key):
-            return value
-    return default
 
 
 def export_vera_to_peft(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, base_model: str | None = None) -> Path:

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from pefthub.adapters.inject import AdapterSite, inject_adapters
 from pefthub.adapters.io import load_adapter
 from pefthub.adapters.lora import LoRALinear
+from pefthub.adapters.names import lookup
 from pefthub.backbones import default_targets
 from pefthub.budget import BudgetError
 from pefthub.methods.base import PEFTModule
@@ -29,7 +30,8 @@ class LoRAModule(PEFTModule):
             intermediate.dense, output.dense; MPNet: q, k, v, o, intermediate.dense,
             output.dense; Llama: q/k/v/o_proj, gate/up/down_proj).
         rank_pattern: per-module rank overrides ``{module-name pattern: rank}`` (as HF PEFT's
-            ``rank_pattern``; a key matches a module named like it or ending in ``.<key>``).
+            ``rank_pattern``; the exact module name first, else the longest key that selects it as
+            a target pattern would, see :mod:`pefthub.adapters.names`).
         alpha_pattern: per-module alpha overrides, same key rules.
         max_adapter_bytes: byte budget on the saved adapter files (safetensors + JSON, head
             included), checked at fit start (:class:`~pefthub.callbacks.budget.BudgetCheck`);
@@ -131,10 +133,10 @@ class LoRAModule(PEFTModule):
         return callbacks
 
     def rank_for(self, module_name: str) -> int:
-        return int(_pattern_lookup(self.rank_pattern, module_name, self.rank))
+        return int(lookup(self.rank_pattern, module_name, self.rank))
 
     def alpha_for(self, module_name: str) -> float:
-        return float(_pattern_lookup(self.alpha_pattern, module_name, self.alpha))
+        return float(lookup(self.alpha_pattern, module_name, self.alpha))
 
     @classmethod
     def from_adapter(cls, path: str, backbone: str | None = None, **kwargs: Any) -> LoRAModule:
@@ -182,11 +184,3 @@ class LoRAModule(PEFTModule):
 
     def _lora_layers(self) -> list[tuple[str, LoRALinear]]:
         return [(site.name, self.backbone.get_submodule(site.name)) for site in self.sites]
-
-
-def _pattern_lookup(pattern: dict[str, Any], module_name: str, default: Any) -> Any:
-    """Exact module name first, then the longest key that is a dotted suffix of it."""
-    if module_name in pattern:
-        return pattern[module_name]
-    matches = [key for key in pattern if module_name.endswith("." + key)]
-    return pattern[max(matches, key=len)] if matches else default
