@@ -70,3 +70,22 @@ def test_over_budget_without_the_cap_stops_at_fit_start_naming_both_figures(tmp_
         trainer.fit(module, datamodule=data)
     assert trainer.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def test_cap_is_planned_from_shapes_and_the_adapter_drawn_once():
+    """The capped size is computed before injection from shapes alone: it equals the built
+    adapter's file size, modules already below the cap keep their rank and alpha, and the
+    global RNG ends where a run configured with the capped ranks directly ends (one draw)."""
+    pattern = {"attention.self.query": 2}
+    sizes = {rank: _lora(rank, 2.0 * rank, rank_pattern=pattern, alpha_pattern={"attention.self.query": 4.0}).adapter_file_bytes() for rank in (3, 4)}
+    budget = (sizes[3] + sizes[4]) // 2
+    capped = _lora(8, 16, rank_pattern=pattern, alpha_pattern={"attention.self.query": 4.0}, max_adapter_bytes=budget, fit_rank_to_budget=True)
+    after_capped = torch.get_rng_state()
+    assert capped.rank_cap == 3
+    assert capped._planned_file_bytes(capped.sites, capped.rank_cap) == capped.adapter_file_bytes() <= budget
+    ranks = {name: layer.rank for name, layer in capped._lora_layers()}
+    assert {r for name, r in ranks.items() if name.endswith("query")} == {2}
+    assert {r for name, r in ranks.items() if not name.endswith("query")} == {3}
+    assert {layer.scaling for _, layer in capped._lora_layers()} == {2.0}
+    _lora(3, 6, rank_pattern=pattern, alpha_pattern={"attention.self.query": 4.0})
+    assert torch.equal(after_capped, torch.get_rng_state())

@@ -58,27 +58,37 @@ def find_targets(model: nn.Module, patterns: Iterable[str]) -> list[tuple[str, s
     return found
 
 
+def target_sites(model: nn.Module, patterns: Iterable[str]) -> list[AdapterSite]:
+    """The :class:`AdapterSite` of every Linear ``patterns`` target, in module order, without
+    changing the model (what :func:`inject_adapters` will adapt: a method can size its
+    adapters from the shapes before building them)."""
+    sites = []
+    for name, pattern in find_targets(model, patterns):
+        linear = model.get_submodule(name)
+        match = _LAYER_INDEX.search("." + name + ".")
+        sites.append(
+            AdapterSite(
+                name=name,
+                depth=int(match.group(1)) if match else -1,
+                module_type=pattern,
+                d_in=linear.in_features,
+                d_out=linear.out_features,
+            )
+        )
+    return sites
+
+
 def inject_adapters(
     model: nn.Module,
     patterns: Iterable[str],
     make_adapter: Callable[[nn.Linear, AdapterSite], nn.Module],
 ) -> list[AdapterSite]:
     """Replace each targeted Linear by ``make_adapter(linear, site)`` in place."""
-    sites = []
-    for name, pattern in find_targets(model, patterns):
-        parent_name, _, child = name.rpartition(".")
+    sites = target_sites(model, patterns)
+    for site in sites:
+        parent_name, _, child = site.name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        linear = getattr(parent, child)
-        match = _LAYER_INDEX.search("." + name + ".")
-        site = AdapterSite(
-            name=name,
-            depth=int(match.group(1)) if match else -1,
-            module_type=pattern,
-            d_in=linear.in_features,
-            d_out=linear.out_features,
-        )
-        setattr(parent, child, make_adapter(linear, site))
-        sites.append(site)
+        setattr(parent, child, make_adapter(getattr(parent, child), site))
     return sites
 
 

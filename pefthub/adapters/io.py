@@ -121,6 +121,13 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     return value
 
 
+def serialized_size_of_shapes(shapes: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """:func:`serialized_size` of tensors with these ``(shape, dtype)``: the file's size
+    depends on names, shapes and dtypes only, so uninitialised CPU tensors stand in (no RNG
+    draw, nothing to compute)."""
+    return serialized_size({name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in shapes.items()})
+
+
 def serialized_size(tensors: dict[str, torch.Tensor]) -> int:
     """Bytes the tensors take as a safetensors file written by :func:`save_adapter` (header and
     its ``{"format": "pt"}`` metadata included), measured by serialising."""

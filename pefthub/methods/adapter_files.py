@@ -113,6 +113,10 @@ class AdapterFiles:
 
     def adapter_file_config(self) -> dict[str, Any]:
         """The JSON half of the adapter file (everything but the tensors)."""
+        return {**self.shared_file_config(), **self.adapter_config()}
+
+    def shared_file_config(self) -> dict[str, Any]:
+        """The fields of ``adapter_config.json`` every method writes (the method's own follow)."""
         return {
             "method": self.method_name,
             "pefthub_version": __version__,
@@ -122,7 +126,6 @@ class AdapterFiles:
             "num_labels": self.head.out_features,
             "label_names": self.label_names,
             "pooling": self.pooling,
-            **self.adapter_config(),
         }
 
     def save_adapter(self, directory: str | Path) -> Path:

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from pefthub.adapters.inject import AdapterSite, inject_adapters
-from pefthub.adapters.io import load_adapter
+from pefthub.adapters.inject import AdapterSite, inject_adapters, target_sites
+from pefthub.adapters.io import config_text, load_adapter, serialized_size_of_shapes
 from pefthub.adapters.lora import LoRALinear
 from pefthub.adapters.names import lookup
 from pefthub.backbones import default_targets
@@ -79,50 +79,71 @@ class LoRAModule(PEFTModule):
         self.alpha_pattern = dict(alpha_pattern or {})
         self.lora_dropout = dropout
         self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
-        rng_before_init = torch.get_rng_state()
-        self.sites: list[AdapterSite] = inject_adapters(self.backbone, self.target_modules, self._make_layer)
+        sites = target_sites(self.backbone, self.target_modules)
+        for site in sites:
+            self._check_rank(site, self.rank_for(site.name))
         if self.fit_rank_to_budget:
-            self._cap_rank_to_budget(rng_before_init)
+            self.rank_cap = self._rank_cap_for_budget(sites)
+        self.sites: list[AdapterSite] = inject_adapters(self.backbone, self.target_modules, self._make_layer)
         self.adapters_ready()
 
-    def _make_layer(self, linear: torch.nn.Linear, site: AdapterSite) -> LoRALinear:
-        rank = self.rank_for(site.name)
-        if not 0 <= rank <= min(linear.in_features, linear.out_features):
+    @staticmethod
+    def _check_rank(site: AdapterSite, rank: int) -> None:
+        if not 0 <= rank <= min(site.d_in, site.d_out):
             raise ValueError(
                 f"model.rank={rank} for target {site.name!r} is outside [0, min(d_in, d_out)] = "
-                f"[0, {min(linear.in_features, linear.out_features)}]; lower the rank or exclude that module"
+                f"[0, {min(site.d_in, site.d_out)}]; lower the rank or exclude that module"
             )
-        return LoRALinear(linear, rank=rank, alpha=self.alpha_for(site.name), dropout=self.lora_dropout)
 
-    def _cap_rank_to_budget(self, rng_before_init: torch.Tensor) -> None:
-        """Lower every module's rank to ``min(rank, r_cap)`` for the largest ``r_cap`` whose
-        adapter files fit ``max_adapter_bytes`` (sizes measured by serialising, as saved), then
-        redraw the A matrices from the RNG state the injection started from: the result equals
-        an adapter built directly with the capped ranks."""
-        configured = {name: layer.rank for name, layer in self._lora_layers()}
-        size = self.adapter_file_bytes()
+    def _rank_and_alpha(self, module_name: str, cap: int | None) -> tuple[int, float]:
+        """The module's rank and alpha under the rank cap: ``min(rank, cap)``, with alpha
+        scaled along so that ``alpha / rank`` stays the configured scaling."""
+        rank, alpha = self.rank_for(module_name), self.alpha_for(module_name)
+        if cap is None or rank <= cap:
+            return rank, alpha
+        return cap, alpha / rank * cap
+
+    def _make_layer(self, linear: torch.nn.Linear, site: AdapterSite) -> LoRALinear:
+        rank, alpha = self._rank_and_alpha(site.name, self.rank_cap)
+        return LoRALinear(linear, rank=rank, alpha=alpha, dropout=self.lora_dropout)
+
+    def _planned_file_bytes(self, sites: list[AdapterSite], cap: int | None) -> int:
+        """Bytes of the adapter files (safetensors + JSON, head included) that a LoRA on
+        ``sites`` under rank cap ``cap`` writes, computed from the shapes before any adapter exists."""
+        hosts = {site.name: self.backbone.get_submodule(site.name) for site in sites}
+        dtypes = {name: getattr(host, "base", host).weight.dtype for name, host in hosts.items()}  # Linear, or once wrapped
+        shapes = {f"head.{k}": (tuple(v.shape), v.dtype) for k, v in self.head.state_dict().items()}
+        ranks, scalings = {}, {}
+        for site in sites:
+            rank, alpha = self._rank_and_alpha(site.name, cap)
+            ranks[site.name], scalings[site.name] = rank, alpha / rank if rank > 0 else 0.0
+            shapes[f"backbone.{site.name}.lora_A"] = ((rank, site.d_in), dtypes[site.name])
+            shapes[f"backbone.{site.name}.lora_B"] = ((site.d_out, rank), dtypes[site.name])
+        config = {**self.shared_file_config(), **self._lora_config(sites, ranks, scalings, cap)}
+        return serialized_size_of_shapes(shapes) + len(config_text(config).encode())
+
+    def _rank_cap_for_budget(self, sites: list[AdapterSite]) -> int | None:
+        """The largest ``r_cap`` (every module's rank becomes ``min(rank, r_cap)``) whose adapter
+        files fit ``max_adapter_bytes``, or ``None`` when the configured ranks fit; computed
+        from the shapes before injection, so the adapter is drawn once, with the capped ranks."""
+        size = self._planned_file_bytes(sites, None)
         if size <= self.max_adapter_bytes:
-            return
-        cap = max(configured.values())
+            return None
+        configured = max(self.rank_for(site.name) for site in sites)
+        cap = configured
         while size > self.max_adapter_bytes and cap > 1:
             cap -= 1
-            for name, layer in self._lora_layers():
-                new_rank = min(configured[name], cap)
-                layer.resize(new_rank, keep=list(range(new_rank)), keep_scaling=True)
-            size = self.adapter_file_bytes()
+            size = self._planned_file_bytes(sites, cap)
         if size > self.max_adapter_bytes:
             raise BudgetError(
                 f"no LoRA rank fits model.max_adapter_bytes={self.max_adapter_bytes:,}: at rank 1 the adapter "
                 f"files take {size:,} bytes (raise the limit or adapt fewer modules via model.target_modules)"
             )
-        torch.set_rng_state(rng_before_init)
-        for _, layer in self._lora_layers():
-            layer.reset_lora_parameters()
-        self.rank_cap = cap
         rank_zero_info(
-            f"LoRA rank capped at {cap} (configured {max(configured.values())}) to fit "
+            f"LoRA rank capped at {cap} (configured {configured}) to fit "
             f"max_adapter_bytes={self.max_adapter_bytes:,}: adapter files {size:,} bytes"
         )
+        return cap
 
     def configure_callbacks(self) -> list:
         callbacks = super().configure_callbacks()
@@ -170,15 +191,23 @@ class LoRAModule(PEFTModule):
         return super().load_adapter(path)
 
     def adapter_config(self) -> dict[str, Any]:
+        layers = self._lora_layers()
+        ranks = {name: layer.rank for name, layer in layers}
+        scalings = {name: layer.scaling for name, layer in layers}
+        return self._lora_config(self.sites, ranks, scalings, self.rank_cap)
+
+    def _lora_config(
+        self, sites: list[AdapterSite], ranks: dict[str, int], scalings: dict[str, float], rank_cap: int | None
+    ) -> dict[str, Any]:
         return {
             "rank": self.rank,
             "alpha": self.alpha,
             "dropout": self.lora_dropout,
             "target_modules": self.target_modules,
-            "rank_cap": self.rank_cap,
-            "rank_pattern": {name: layer.rank for name, layer in self._lora_layers()},
-            "scaling_pattern": {name: layer.scaling for name, layer in self._lora_layers()},
-            "sites": [site.to_dict() for site in self.sites],
+            "rank_cap": rank_cap,
+            "rank_pattern": ranks,
+            "scaling_pattern": scalings,
+            "sites": [site.to_dict() for site in sites],
         }
 
 
