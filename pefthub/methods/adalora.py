@@ -18,6 +18,7 @@ Conventions (both match HF PEFT, which the tests use as the reference):
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ import torch
 
 from pefthub import __version__
 from pefthub.adapters.adalora import (
-    ORTH_REG_FORMS,
     LoRAExport,
     SVDLinear,
     export_as_lora,
@@ -40,6 +40,7 @@ from pefthub.backbones import default_targets
 from pefthub.callbacks.adapter_export import SaveAdapter
 from pefthub.callbacks.rank_allocation import AdaLoRARankAllocation
 from pefthub.methods.base import PEFTModule
+from pefthub.methods.settings import AdaLoRASchedule, AdaLoRASettings
 
 
 class AdaLoRAModule(PEFTModule):
@@ -92,38 +93,38 @@ class AdaLoRAModule(PEFTModule):
         log_ranks: bool = True,
         **kwargs: Any,
     ) -> None:
-        if init_rank < 1:
-            raise ValueError(f"model.init_rank must be >= 1, got {init_rank}")
-        if not 0 <= target_rank <= init_rank:
-            raise ValueError(f"model.target_rank must be in [0, init_rank={init_rank}], got {target_rank}")
-        if orth_reg_weight < 0:
-            raise ValueError(f"model.orth_reg_weight must be >= 0, got {orth_reg_weight}")
-        if orth_reg_form not in ORTH_REG_FORMS:
-            raise ValueError(f"model.orth_reg_form must be one of {ORTH_REG_FORMS}, got {orth_reg_form!r}")
+        settings = AdaLoRASettings(
+            init_rank=init_rank,
+            target_rank=target_rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            schedule=AdaLoRASchedule(tinit=tinit, tfinal=tfinal, delta_t=delta_t, beta1=beta1, beta2=beta2),
+            orth_reg_weight=orth_reg_weight,
+            orth_reg_form=orth_reg_form,
+        )
         super().__init__(**kwargs)
-        self.init_rank = init_rank
-        self.target_rank = target_rank
-        self.alpha = alpha
-        self.lora_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
-        self.schedule = {"tinit": tinit, "tfinal": tfinal, "delta_t": delta_t, "beta1": beta1, "beta2": beta2}
-        self.orth_reg_weight = orth_reg_weight
-        self.orth_reg_form = orth_reg_form
+        self.settings = replace(settings, target_modules=target_modules or list(default_targets(self.family)))
         self.log_ranks = log_ranks
         self.sites: list[AdapterSite] = inject_adapters(self.backbone, self.target_modules, self._make_layer)
         self.svd_layers: dict[str, SVDLinear] = {site.name: self.backbone.get_submodule(site.name) for site in self.sites}
-        self.allocator = RankAllocator(self.svd_layers, target_rank=self.target_rank, **self.schedule)
+        self.allocator = RankAllocator(self.svd_layers, target_rank=settings.target_rank, **asdict(settings.schedule))
         self.adapters_ready()
+
+    @property
+    def target_modules(self) -> list[str]:
+        return self.settings.target_modules
 
     # ------------------------------------------------------------------ adapters
 
     def _make_layer(self, linear: torch.nn.Linear, site: AdapterSite) -> SVDLinear:
-        if self.init_rank > min(linear.in_features, linear.out_features):
+        settings = self.settings
+        if settings.init_rank > min(linear.in_features, linear.out_features):
             raise ValueError(
-                f"model.init_rank={self.init_rank} exceeds min(d_in, d_out) of target {site.name!r}; "
+                f"model.init_rank={settings.init_rank} exceeds min(d_in, d_out) of target {site.name!r}; "
                 "lower it or exclude that module"
             )
-        return SVDLinear(linear, rank=self.init_rank, alpha=self.alpha, dropout=self.lora_dropout)
+        return SVDLinear(linear, rank=settings.init_rank, alpha=settings.alpha, dropout=settings.dropout)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         with singular_values_folded(self.svd_layers.values()):
@@ -132,17 +133,17 @@ class AdaLoRAModule(PEFTModule):
     def penalty(self) -> torch.Tensor | None:
         """γ · R(P, Q), differentiable (see :func:`~pefthub.adapters.adalora.orthogonal_regularization`).
         Training adds its gradient in closed form instead (:meth:`penalty_gradients`)."""
-        if self.orth_reg_weight == 0:
+        if self.settings.orth_reg_weight == 0:
             return None
-        return self.orth_reg_weight * orthogonal_regularization(self.svd_layers, self.orth_reg_form)
+        return self.settings.orth_reg_weight * orthogonal_regularization(self.svd_layers, self.settings.orth_reg_form)
 
     def penalty_gradients(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
         """γ · R(P, Q) and its gradient in closed form (:func:`~pefthub.adapters.adalora.orthogonal_regularization_gradients`)."""
-        if self.orth_reg_weight == 0:
+        if self.settings.orth_reg_weight == 0:
             return None
-        value, params, grads = orthogonal_regularization_gradients(self.svd_layers, self.orth_reg_form)
-        torch._foreach_mul_(grads, self.orth_reg_weight)
-        return self.orth_reg_weight * value, params, grads
+        value, params, grads = orthogonal_regularization_gradients(self.svd_layers, self.settings.orth_reg_form)
+        torch._foreach_mul_(grads, self.settings.orth_reg_weight)
+        return self.settings.orth_reg_weight * value, params, grads
 
     def configure_callbacks(self) -> list:
         # The adapter is written from the *final* weights: a checkpoint taken before step
@@ -168,16 +169,11 @@ class AdaLoRAModule(PEFTModule):
         checkpoint["state_dict"].update(masks)  # masks are buffers, not trainable: keep them too
 
     def adapter_config(self) -> dict[str, Any]:
+        settings = asdict(self.settings)
         return {
-            "init_rank": self.init_rank,
-            "target_rank": self.target_rank,
-            "alpha": self.alpha,
+            **settings,
             "scaling": "alpha / init_rank",
-            "dropout": self.lora_dropout,
-            "target_modules": self.target_modules,
-            "schedule": {**self.schedule, "total_steps": self.allocator.total_steps},
-            "orth_reg_weight": self.orth_reg_weight,
-            "orth_reg_form": self.orth_reg_form,
+            "schedule": {**settings["schedule"], "total_steps": self.allocator.total_steps},
             "rank_pattern": self.rank_pattern(),
             "rank_mask": self.allocator.rank_masks(),
             "sites": [site.to_dict() for site in self.sites],
@@ -225,11 +221,11 @@ class AdaLoRAModule(PEFTModule):
             "label_names": self.label_names,
             "pooling": self.pooling,
             "rank": max(export.rank_pattern.values()),
-            "alpha": self.alpha,
-            "dropout": self.lora_dropout,
+            "alpha": self.settings.alpha,
+            "dropout": self.settings.dropout,
             "target_modules": self.target_modules,
             "rank_pattern": export.rank_pattern,
             "scaling_pattern": export.scaling_pattern,
-            "exported_from": {"method": self.method_name, "init_rank": self.init_rank, "target_rank": self.target_rank},
+            "exported_from": {"method": self.method_name, "init_rank": self.settings.init_rank, "target_rank": self.settings.target_rank},
         }
         return save_adapter(directory, config, tensors)

@@ -82,13 +82,13 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         self.reallocated = False
         super().__init__(**kwargs)
         caps = [min(site.d_in, site.d_out) for site in self.sites]
-        self.total_rank = len(self.sites) * self.rank if total_rank is None else total_rank
+        self.total_rank = len(self.sites) * self.settings.rank if total_rank is None else total_rank
         if not 0 <= self.total_rank <= sum(caps):
             raise ValueError(
                 f"model.total_rank must be in [0, {sum(caps)}] (the sum of min(d_in, d_out) over the "
                 f"{len(self.sites)} targets), got {self.total_rank}"
             )
-        self.scale = self.alpha / self.rank  # γ, fixed for every layer and rank
+        self.scale = self.settings.alpha / self.settings.rank  # γ, fixed for every layer and rank
         for layer in self.importance_layers().values():  # a rank_pattern may start some at 0
             for param in layer.adapter_parameters().values():
                 param.requires_grad_(param.numel() > 0)

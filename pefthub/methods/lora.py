@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pefthub.adapters.names import lookup
 from pefthub.backbones import default_targets
 from pefthub.budget import BudgetError
 from pefthub.methods.base import PEFTModule
+from pefthub.methods.settings import LoRASettings, from_config
 
 
 class LoRAModule(PEFTModule):
@@ -62,8 +64,7 @@ class LoRAModule(PEFTModule):
         max_flop_overhead: float | None = None,
         **kwargs: Any,
     ) -> None:
-        if rank < 1:
-            raise ValueError(f"model.rank must be >= 1, got {rank}")
+        settings = LoRASettings(rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules)
         if max_adapter_bytes is not None and max_adapter_bytes < 1:
             raise ValueError(f"model.max_adapter_bytes must be >= 1 or null, got {max_adapter_bytes}")
         if fit_rank_to_budget and max_adapter_bytes is None:
@@ -73,12 +74,9 @@ class LoRAModule(PEFTModule):
         self.fit_rank_to_budget = fit_rank_to_budget
         self.max_flop_overhead = max_flop_overhead
         self.rank_cap: int | None = None
-        self.rank = rank
-        self.alpha = alpha
+        self.settings = replace(settings, target_modules=target_modules or list(default_targets(self.family)))
         self.rank_pattern = dict(rank_pattern or {})
         self.alpha_pattern = dict(alpha_pattern or {})
-        self.lora_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         sites = target_sites(self.backbone, self.target_modules)
         for site in sites:
             self._check_rank(site, self.rank_for(site.name))
@@ -105,7 +103,7 @@ class LoRAModule(PEFTModule):
 
     def _make_layer(self, linear: torch.nn.Linear, site: AdapterSite) -> LoRALinear:
         rank, alpha = self._rank_and_alpha(site.name, self.rank_cap)
-        return LoRALinear(linear, rank=rank, alpha=alpha, dropout=self.lora_dropout)
+        return LoRALinear(linear, rank=rank, alpha=alpha, dropout=self.settings.dropout)
 
     def _planned_file_bytes(self, sites: list[AdapterSite], cap: int | None) -> int:
         """Bytes of the adapter files (safetensors + JSON, head included) that a LoRA on
@@ -154,10 +152,10 @@ class LoRAModule(PEFTModule):
         return callbacks
 
     def rank_for(self, module_name: str) -> int:
-        return int(lookup(self.rank_pattern, module_name, self.rank))
+        return int(lookup(self.rank_pattern, module_name, self.settings.rank))
 
     def alpha_for(self, module_name: str) -> float:
-        return float(lookup(self.alpha_pattern, module_name, self.alpha))
+        return float(lookup(self.alpha_pattern, module_name, self.settings.alpha))
 
     @classmethod
     def from_adapter(cls, path: str, backbone: str | None = None, **kwargs: Any) -> LoRAModule:
@@ -166,11 +164,12 @@ class LoRAModule(PEFTModule):
         config, _ = load_adapter(path)
         ranks = config.get("rank_pattern") or {}
         scalings = config.get("scaling_pattern") or {}
+        settings = from_config(LoRASettings, config, rank=max(ranks.values(), default=8))
         module = cls(
             backbone=backbone or config["backbone"],
-            rank=config.get("rank", max(ranks.values(), default=8)),
-            alpha=config.get("alpha", 16.0),
-            target_modules=config.get("target_modules"),
+            rank=settings.rank,
+            alpha=settings.alpha,
+            target_modules=settings.target_modules,
             rank_pattern=ranks,
             alpha_pattern={name: scalings[name] * r for name, r in ranks.items() if name in scalings},
             num_labels=config.get("num_labels", 2),
@@ -200,16 +199,17 @@ class LoRAModule(PEFTModule):
         self, sites: list[AdapterSite], ranks: dict[str, int], scalings: dict[str, float], rank_cap: int | None
     ) -> dict[str, Any]:
         return {
-            "rank": self.rank,
-            "alpha": self.alpha,
-            "dropout": self.lora_dropout,
-            "target_modules": self.target_modules,
+            **asdict(self.settings),
             "rank_cap": rank_cap,
             "rank_pattern": ranks,
             "scaling_pattern": scalings,
             "sites": [site.to_dict() for site in sites],
         }
 
+
+    @property
+    def target_modules(self) -> list[str]:
+        return self.settings.target_modules
 
     def _lora_layers(self) -> list[tuple[str, LoRALinear]]:
         return [(site.name, self.backbone.get_submodule(site.name)) for site in self.sites]

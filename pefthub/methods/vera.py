@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from pefthub.adapters.io import load_adapter
 from pefthub.adapters.vera import VeRALinear, VeRAProjections
 from pefthub.backbones import default_targets
 from pefthub.methods.base import PEFTModule
+from pefthub.methods.settings import VeRASettings, from_config
 
 
 class VeRAModule(PEFTModule):
@@ -57,31 +59,34 @@ class VeRAModule(PEFTModule):
         save_projection: bool = False,
         **kwargs: Any,
     ) -> None:
-        if rank < 1:
-            raise ValueError(f"model.rank must be >= 1, got {rank}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+        settings = VeRASettings(
+            rank=rank,
+            d_initial=d_initial,
+            projection_prng_key=projection_prng_key,
+            dropout=dropout,
+            target_modules=target_modules,
+            save_projection=save_projection,
+        )
         super().__init__(**kwargs)
-        self.rank = rank
-        self.d_initial = float(d_initial)
-        self.projection_prng_key = int(projection_prng_key)
-        self.vera_dropout = dropout
-        self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
-        self.save_projection = bool(save_projection)
+        self.settings = settings = replace(settings, target_modules=target_modules or list(default_targets(self.family)))
         shapes = [self.backbone.get_submodule(name) for name, _ in find_targets(self.backbone, self.target_modules)]
         d_in = max(linear.in_features for linear in shapes)
         d_out = max(linear.out_features for linear in shapes)
-        self.vera_projections = VeRAProjections(self.rank, d_in, d_out, seed=self.projection_prng_key)
+        self.vera_projections = VeRAProjections(settings.rank, d_in, d_out, seed=settings.projection_prng_key)
         self.sites: list[AdapterSite] = inject_adapters(
             self.backbone,
             self.target_modules,
-            lambda linear, site: VeRALinear(linear, self.vera_projections, d_initial=self.d_initial, dropout=self.vera_dropout),
+            lambda linear, site: VeRALinear(linear, self.vera_projections, d_initial=settings.d_initial, dropout=settings.dropout),
         )
         self.adapters_ready()
 
+    @property
+    def target_modules(self) -> list[str]:
+        return self.settings.target_modules
+
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         tensors = super().adapter_tensors()
-        if self.save_projection:
+        if self.settings.save_projection:
             tensors["vera_projections.vera_A"] = self.vera_projections.vera_A
             tensors["vera_projections.vera_B"] = self.vera_projections.vera_B
         return tensors
@@ -89,12 +94,7 @@ class VeRAModule(PEFTModule):
     def adapter_config(self) -> dict[str, Any]:
         projections = self.vera_projections
         return {
-            "rank": self.rank,
-            "d_initial": self.d_initial,
-            "dropout": self.vera_dropout,
-            "target_modules": self.target_modules,
-            "projection_prng_key": self.projection_prng_key,
-            "save_projection": self.save_projection,
+            **asdict(self.settings),
             "projection_shape": {"vera_A": [projections.rank, projections.d_in], "vera_B": [projections.d_out, projections.rank]},
             "projection_sha256": projections.fingerprint(),
             "projection_init": "kaiming_uniform(relu gain, fan_in), torch CPU generator, A then B",
@@ -116,12 +116,12 @@ class VeRAModule(PEFTModule):
                         "the shared VeRA projections would differ (set model.projection_prng_key / rank / "
                         "target_modules to the file's values, or save the adapter with save_projection: true)"
                     )
-        if stored != self.save_projection:  # load whatever the file carries
-            previous, self.save_projection = self.save_projection, stored
+        if stored != self.settings.save_projection:  # load whatever the file carries
+            previous, self.settings = self.settings, replace(self.settings, save_projection=stored)
             try:
                 return super().load_adapter(path)
             finally:
-                self.save_projection = previous
+                self.settings = previous
         return super().load_adapter(path)
 
     @classmethod
@@ -131,13 +131,16 @@ class VeRAModule(PEFTModule):
         config, _ = load_adapter(path)
         if config.get("method") != cls.method_name:
             raise ValueError(f"{path}: adapter was saved by method {config.get('method')!r}, not {cls.method_name!r}")
+        if "rank" not in config:
+            raise ValueError(f"{path}: adapter_config.json has no 'rank' (expected a VeRA adapter written by pefthub)")
+        settings = from_config(VeRASettings, config)
         module = cls(
             backbone=backbone or config["backbone"],
-            rank=config["rank"],
-            d_initial=config.get("d_initial", 0.1),
-            projection_prng_key=config.get("projection_prng_key", 0),
-            target_modules=config.get("target_modules"),
-            save_projection=config.get("save_projection", False),
+            rank=settings.rank,
+            d_initial=settings.d_initial,
+            projection_prng_key=settings.projection_prng_key,
+            target_modules=settings.target_modules,
+            save_projection=settings.save_projection,
             num_labels=config.get("num_labels", 2),
             label_names=config.get("label_names"),
             **{"pooling": config["pooling"], **kwargs} if "pooling" in config else kwargs,
