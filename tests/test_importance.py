@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pefthub.adapters import LoRALinear
-from pefthub.importance import (
+from pefthub.importance_estimator import (
     ImportanceEstimator,
     allocate_ranks,
     lora_delta_sq_norm,

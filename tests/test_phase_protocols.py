@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from pefthub.callbacks.importance import ImportanceWarmup
+from pefthub.callbacks.importance_warmup import ImportanceWarmup
 from pefthub.callbacks.protocols import (
     DeltaTunableModule,
     ImportanceWarmupModule,

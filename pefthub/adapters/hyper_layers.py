@@ -133,7 +133,7 @@ class HyperLinear(FrozenLinearWrapper):
         coefficients = weights.reshape(-1, 1, k).to(x.dtype) * responses.transpose(1, 2)  # (N, 1, k)
         # Σ_j g_j a_j ũ_j: (N, 1, k) @ (N, k, d_out)
         update = torch.bmm(coefficients, u_rows.reshape(-1, k, self.out_features).to(x.dtype))
-        return result + shared.scale * update.reshape(result.shape)
+        return result + shared.scaling * update.reshape(result.shape)
 
     def _dense_forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.shared
@@ -146,11 +146,11 @@ class HyperLinear(FrozenLinearWrapper):
             x, weight, folded_in, folded_out, gated = (t.to(dtype) for t in (x, weight, folded_in, folded_out, gated))
             bias = bias.to(dtype) if bias is not None else None
             with torch.autocast(device_type, enabled=False):
-                return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scale),
+                return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scaling),
                                                dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_kernels, None)
         folded_in, folded_out, folded_in_t, folded_out_t = shared.folded_for_site(self.site_index)
         transposed = (cached_transpose(self._transposed, "weight", weight), folded_in_t, folded_out_t)
-        return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scale),
+        return _DenseGatedUpdate.apply(x, weight, bias, folded_in, folded_out, gated, float(shared.scaling),
                                        dropout_probability(self.dropout) if self.training else 0.0, self.fast_cpu_kernels,
                                        transposed)
 
@@ -162,7 +162,7 @@ class HyperLinear(FrozenLinearWrapper):
         _, p_in = shared.projectors(self.in_features)
         weights = gates * self.mixer_weights()[indices]
         core = (shared.atoms_U[indices].t() * weights) @ shared.atoms_V[indices]  # (d0, d0)
-        return shared.scale * p_out @ core @ p_in
+        return shared.scaling * p_out @ core @ p_in
 
     def extra_repr(self) -> str:
         return (

@@ -86,7 +86,7 @@ class HyperShared(nn.Module):
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"model.threshold must be in [0, 1), got {threshold}")
         self.num_atoms, self.d0, self.top_k = num_atoms, d0, top_k
-        self.task_id, self.threshold, self.scale = task_id, threshold, scale
+        self.task_id, self.threshold, self.scaling = task_id, threshold, scale
         # U = 0, V random: a fresh adapter leaves the host unchanged (as LoRA's B = 0)
         self.atoms_U = nn.Parameter(torch.zeros(num_atoms, d0))
         self.atoms_V = nn.Parameter(torch.randn(num_atoms, d0) / math.sqrt(d0))
@@ -142,7 +142,7 @@ class HyperShared(nn.Module):
             "task_dim": rt.task_embedding.shape[1],
             "task_id": self.task_id,
             "threshold": self.threshold,
-            "scale": self.scale,
+            "scale": self.scaling,
             "module_types": list(CANONICAL_TYPES),
         }
 

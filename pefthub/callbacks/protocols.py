@@ -17,7 +17,7 @@ from torch import nn
 if TYPE_CHECKING:
     from pefthub.adapters.inject import AdapterSite
     from pefthub.adapters.rank_allocation import RankAllocator
-    from pefthub.importance import ImportanceEstimator
+    from pefthub.importance_estimator import ImportanceEstimator
 
 
 @runtime_checkable

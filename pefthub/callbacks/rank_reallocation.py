@@ -17,7 +17,7 @@ import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from pefthub.callbacks.importance import markdown_table, tensorboard_writers
+from pefthub.callbacks.importance_warmup import markdown_table, tensorboard_writers
 from pefthub.callbacks.protocols import RankReallocatingModule, require
 
 

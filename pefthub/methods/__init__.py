@@ -4,7 +4,7 @@ from pefthub.methods.adalora import AdaLoRAModule
 from pefthub.methods.base import PEFTModule
 from pefthub.methods.full import FullFineTuneModule
 from pefthub.methods.glora import GLoRAModule
-from pefthub.methods.importance import ImportanceLoRAModule
+from pefthub.methods.importance_lora import ImportanceLoRAModule
 from pefthub.methods.lora import LoRAModule
 from pefthub.methods.satlora import SATLoRAModule
 from pefthub.methods.unihyperlora import UniHyperLoRAModule

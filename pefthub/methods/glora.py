@@ -4,7 +4,7 @@ Train every target at a uniform rank ``r_init`` for ``warmup_steps`` optimiser s
 recording ``g_k ← β g_k + (1 − β) ‖∂L/∂Δ_k‖_F`` (from hooks; the same matrix as ∂L/∂W_k because
 Δ is added to W). Then ``s_k = g_k / Σ g`` and ``r_k = round(R_total · s_k)`` with the sum fixed
 exactly to ``R_total`` (largest remainder, capped at min(d_in, d_out), never negative, r_k = 0
-removes the adapter; :func:`pefthub.importance.allocate_ranks`). Each layer is rebuilt at its
+removes the adapter; :func:`pefthub.importance_estimator.allocate_ranks`). Each layer is rebuilt at its
 new rank (:meth:`pefthub.adapters.lora.LoRALinear.resize`):
 
 - growing keeps every learned component and adds LoRA-initialised ones (A Kaiming-uniform,
@@ -32,8 +32,8 @@ import torch
 
 from pefthub.adapters.io import load_adapter as read_adapter_file
 from pefthub.callbacks.rank_reallocation import RankReallocation
-from pefthub.importance import ImportanceEstimator, allocate_ranks, normalize
-from pefthub.methods.importance import ImportanceWarmupMixin
+from pefthub.importance_estimator import ImportanceEstimator, allocate_ranks, normalize
+from pefthub.methods.importance_lora import ImportanceWarmupMixin
 from pefthub.methods.lora import LoRAModule
 
 # the rank pattern fixes the tensor shapes, so it is module state: it must be rebuilt before
@@ -52,7 +52,7 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
             reallocation.
         ema_beta: EMA coefficient of g_k in [0, 1); ``null`` averages the warm-up equally.
         importance_source: ``grad_norm`` (‖∂L/∂Δ‖_F, GLoRA's signal), ``fisher`` or
-            ``lora_grad`` (see :mod:`pefthub.importance`).
+            ``lora_grad`` (see :mod:`pefthub.importance_estimator`).
         calibration: the adapters during the warm-up: ``train``, ``frozen`` or ``tiny_lr``.
         calibration_lr_scale: learning-rate factor of ``calibration: tiny_lr``.
         fisher_impl: ``auto``, ``dense`` or ``gram`` (how ‖Σ g xᵀ‖²_F is computed).
@@ -88,7 +88,7 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
                 f"model.total_rank must be in [0, {sum(caps)}] (the sum of min(d_in, d_out) over the "
                 f"{len(self.sites)} targets), got {self.total_rank}"
             )
-        self.scale = self.settings.alpha / self.settings.rank  # γ, fixed for every layer and rank
+        self.scaling = self.settings.alpha / self.settings.rank  # γ, fixed for every layer and rank
         for layer in self.importance_layers().values():  # a rank_pattern may start some at 0
             for param in layer.adapter_parameters().values():
                 param.requires_grad_(param.numel() > 0)
@@ -148,7 +148,7 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
             new_rank = int(pattern.get(name, layer.rank))
             generator = torch.Generator(device=layer.lora_A.device).manual_seed((base_seed + 1_000_003 * (index + 1)) % 2**63)
             layer.resize(new_rank, keep_scaling=False, generator=generator)
-            layer.alpha = self.scale * new_rank
+            layer.alpha = self.scaling * new_rank
             for param in layer.adapter_parameters().values():
                 param.requires_grad_(param.numel() > 0)
 
@@ -169,7 +169,7 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         config = super().adapter_config()  # rank_pattern and scaling_pattern of the layers
         pattern = self.current_ranks()
         config.update(
-            alpha_pattern={name: self.scale * r for name, r in pattern.items()},
+            alpha_pattern={name: self.scaling * r for name, r in pattern.items()},
             total_rank=self.total_rank,
             reallocated=self.reallocated,
             importance_source=self.importance_estimator.source,
@@ -182,7 +182,7 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         config, _ = read_adapter_file(path)
         if config.get("method") == self.method_name and "rank_pattern" in config:
             if config.get("alpha") is not None and config.get("rank"):
-                self.scale = float(config["alpha"]) / int(config["rank"])
+                self.scaling = float(config["alpha"]) / int(config["rank"])
             self.apply_rank_pattern({k: int(v) for k, v in config["rank_pattern"].items()})
             self.reallocated = bool(config.get("reallocated", True))
         return super().load_adapter(path)

@@ -230,7 +230,7 @@ class UniHyperLoRAModule(PEFTModule):
                 raise ValueError(f"model.init_adapter={init_adapter!r} was saved by method {stored.get('method')!r}, not {self.method_name!r}")
             hyper_kwargs.update({k: stored["hyper"][k] for k in (*self.structural_keys, *BEHAVIOUR_KEYS)})
         super().__init__(**kwargs)
-        self.adapter_dropout = dropout
+        self.dropout = dropout
         self.target_modules = list(target_modules) if target_modules else list(default_targets(self.family))
         self.module_types = dict(module_types or {})
         self.lambda_flops = lambda_flops
@@ -258,7 +258,7 @@ class UniHyperLoRAModule(PEFTModule):
             self.backbone,
             self.target_modules,
             lambda linear, site: HyperLinear(
-                linear, self.hyper, site.depth, types[site.module_type], self.adapter_dropout
+                linear, self.hyper, site.depth, types[site.module_type], self.dropout
             ),
         )
         if self.hyper.learned is not None:  # SAT-LoRA: one projector pair per width of this host

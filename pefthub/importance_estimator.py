@@ -2,7 +2,7 @@
 
 Plain torch, no Lightning: the :class:`ImportanceEstimator` owns the forward/backward hooks and
 the running averages and carries ``state_dict()``; Lightning callbacks decide *when* it runs
-(``pefthub.callbacks.importance``). The pure functions below turn importances into penalty
+(``pefthub.callbacks.importance_warmup``). The pure functions below turn importances into penalty
 weights (:func:`penalty_weights`), compute the penalty without materialising ΔW
 (:func:`lora_delta_sq_norm`) and turn scores into a rank pattern (:func:`allocate_ranks`).
 

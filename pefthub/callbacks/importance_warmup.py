@@ -1,6 +1,6 @@
 """Importance warm-up: when to observe gradients, and when to stop (FW-LoRA, IW-LoRA, GLoRA).
 
-The *what* lives in :class:`pefthub.importance.ImportanceEstimator`, held by the
+The *what* lives in :class:`pefthub.importance_estimator.ImportanceEstimator`, held by the
 LightningModule (its penalty or rank plan reads the values). This callback decides *when*:
 hooks on at the start of training (if the warm-up is not over), one observation per optimiser
 step in ``on_before_optimizer_step`` (gradients of the whole accumulated step, before clipping,

@@ -13,7 +13,7 @@ One module, two presets (``configs/fw_lora/``, ``configs/iw_lora/``)::
 
 ΔW includes the α/r scaling: the penalty is on the update actually added to W (what a merge
 adds), so it does not change meaning when α or r change. ``‖ΔW‖²_F`` is computed as
-``(α/r)² tr((BᵀB)(AAᵀ))`` (:func:`pefthub.importance.lora_delta_sq_norm`), never forming ΔW.
+``(α/r)² tr((BᵀB)(AAᵀ))`` (:func:`pefthub.importance_estimator.lora_delta_sq_norm`), never forming ΔW.
 During the warm-up the penalty is off (the importances are not known yet).
 
 Note on ``sum`` normalisation: with n target matrices the I_m average 1/n, so with n = 36
@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pefthub.callbacks.importance import ImportanceWarmup
+from pefthub.callbacks.importance_warmup import ImportanceWarmup
 from pefthub.callbacks.logging_step import is_logging_step
-from pefthub.importance import (
+from pefthub.importance_estimator import (
     NORMALIZATIONS,
     ImportanceEstimator,
     lora_delta_sq_norm,
@@ -48,7 +48,7 @@ CHECKPOINT_KEY = "pefthub_importance"  # where checkpoints written before the ca
 
 
 class ImportanceWarmupMixin:
-    """The module side of :class:`~pefthub.callbacks.importance.ImportanceWarmup` shared by
+    """The module side of :class:`~pefthub.callbacks.importance_warmup.ImportanceWarmup` shared by
     FW/IW-LoRA and GLoRA (the :class:`~pefthub.callbacks.protocols.ImportanceWarmupModule`
     contract): the layers observed, and the estimator's state going in and out."""
 
@@ -94,7 +94,7 @@ class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
         penalty_weight: λ, the strength of the penalty.
         penalty_exponent: β in (1 − I_m)^β.
         fisher_impl: how ‖Σ g xᵀ‖²_F is computed: ``auto``, ``dense`` or ``gram``
-            (see :mod:`pefthub.importance`).
+            (see :mod:`pefthub.importance_estimator`).
         **kwargs: the LoRA arguments (``rank``, ``alpha``, ``dropout``, ``target_modules``)
             and those of :class:`~pefthub.methods.base.PEFTModule`.
     """
@@ -172,7 +172,7 @@ class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
 
     def penalty_gradients(self) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]] | None:
         """The penalty and its gradient in closed form
-        (:func:`~pefthub.importance.weighted_delta_sq_norm_gradients`); ``None`` during the
+        (:func:`~pefthub.importance_estimator.weighted_delta_sq_norm_gradients`); ``None`` during the
         warm-up. On logging steps the ‖ΔW_m‖_F are logged too (a host sync)."""
         if self._trainer is not None and is_logging_step(self.trainer):
             with torch.no_grad():
