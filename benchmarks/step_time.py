@@ -78,6 +78,7 @@ from pefthub.methods import (  # noqa: E402
     UniHyperLoRAModule,
 )
 from pefthub.methods.base import PEFTModule  # noqa: E402
+from pefthub.methods.hf_peft import hf_adalora_orth_penalty  # noqa: E402
 from pefthub.opcount import OpCount, OpCounter  # noqa: E402
 
 VARIANTS = (
@@ -106,21 +107,6 @@ class Floor(HeadOnly):
         embeds = self.backbone.get_input_embeddings()(input_ids).detach().requires_grad_(True)
         hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         return self.head(self.head_dropout(self.pool(hidden, attention_mask)))
-
-
-def hf_adalora_orth_penalty(model: nn.Module, weight: float) -> torch.Tensor:
-    """HF PEFT's AdaLoRA orthogonality penalty (``AdaLoraModel.forward``): the mean over
-    every ``lora_A`` / ``lora_B`` of ‖AAᵀ − I‖_F and ‖BᵀB − I‖_F, times ``weight``."""
-    total, count = None, 0
-    for name, param in model.named_parameters():
-        if "lora_A" not in name and "lora_B" not in name:
-            continue
-        cov = param @ param.T if "lora_A" in name else param.T @ param
-        eye = torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device)
-        term = torch.norm(cov - eye, p="fro")
-        total = term if total is None else total + term
-        count += 1
-    return weight * total / count
 
 
 class Variant:

@@ -68,7 +68,7 @@ def _data(backbone: str, args, task: str = "sst2"):
         data_class = PairClassificationDataModule
     else:
         data_class = SentenceClassificationDataModule
-    return data_class(backbone=backbone, task=task, max_length=args.max_length, batch_size=32, train_limit=args.train_limit)
+    return data_class(backbone=backbone, task=task, max_length=args.max_length, batch_size=32, train_limit=args.train_limit or None)
 
 
 def _trainer(root: Path | None = None, **kwargs) -> Trainer:
@@ -100,7 +100,7 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     """Train SAT-LoRA directly on ``host`` (its byte budget is checked at fit start), test it,
     save it quantised, reload it into the same host and test again."""
     seed_everything(args.seed)
-    adamw = partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
+    adamw = partial(torch.optim.AdamW, lr=args.satlora_lr, weight_decay=0.0)
     module = SATLoRAModule(backbone=host, d0=args.satlora_d0, optimizer=adamw, lambda_delta=1e-3, max_flop_overhead=None)
     flops = flop_overhead(module, seq_len=128)
     data = _data(host, args)
@@ -115,8 +115,8 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     reloaded = SATLoRAModule(backbone=host, init_adapter=str(directory), max_flop_overhead=None).eval()
     config = module.backbone.config
     _emit(args, {"what": "satlora", "seed": args.seed, "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
-           "ffn": config.intermediate_size, "d0": args.satlora_d0, "widths": module.hyper.config()["widths"],
-           "train_examples": args.train_limit, "epochs": args.epochs, "train_s": round(train_s, 1),
+           "ffn": config.intermediate_size, "d0": args.satlora_d0, "lr": args.satlora_lr, "widths": module.hyper.config()["widths"],
+           "train_examples": args.train_limit or None, "epochs": args.epochs, "train_s": round(train_s, 1),
            "test_accuracy_fp32": fp32_acc, "test_accuracy": _test(reloaded, data), "adapter_bytes": size,
            "adapter_params": sum(p.numel() for p in module.hyper.parameters()), "flop_overhead": flops["overhead"]})
 
@@ -138,8 +138,8 @@ def _train_source(args, out: Path) -> None:
     fp32_acc = _test(source, data)
     source.save_adapter(out / "adapter")
     size = adapter_file_bytes(out / "adapter")
-    _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "preset": args.preset,
-           "train_examples": args.train_limit, "epochs": args.epochs, "train_s": round(train_s, 1),
+    _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "preset": args.preset, "lr": args.lr,
+           "train_examples": args.train_limit or None, "epochs": args.epochs, "train_s": round(train_s, 1),
            "test_accuracy_fp32": fp32_acc, "adapter_bytes": size, "atoms_per_token": _atoms_per_token(source, data)})
 
 
@@ -221,10 +221,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="minilm-l6")
     parser.add_argument("--targets", nargs="*", default=["minilm-l6:drop-every-other", "minilm-l6:ffn=0.5", "minilm-l6:hidden=288"])
-    parser.add_argument("--train-limit", type=int, default=4000)
+    parser.add_argument("--train-limit", type=int, default=4000, help="training rows drawn (0: every row, the full schedule)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="UniHyperLoRA's lr (configs/unihyperlora/*sst2.yaml: 3e-3 since issue 17)")
+    parser.add_argument("--satlora-lr", type=float, default=1e-3, help="SAT-LoRA's lr (configs/satlora/sst2.yaml)")
     parser.add_argument("--delta-steps", type=int, default=100)
     parser.add_argument("--delta-lr", type=float, default=1e-2)
     parser.add_argument("--lambda-delta", type=float, default=1e-3, help="λ_Q of every δθ phase (transfer and new task)")

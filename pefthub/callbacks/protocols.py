@@ -69,12 +69,22 @@ class DeltaTunableModule(Protocol):
     def freeze_for_delta_phase(self) -> dict[str, int]: ...
 
 
+@runtime_checkable
+class HFRankAllocatingModule(Protocol):
+    """The HF PEFT AdaLoRA reference: PEFT's own allocator, stepped once per optimiser step."""
+
+    def set_total_steps(self, total: int) -> None: ...
+
+    def allocate(self, step: int) -> None: ...
+
+
 # the method each Protocol is provided by, for the error message
 PROVIDERS: dict[type, str] = {
     RankAllocatingModule: "pefthub.methods.AdaLoRAModule",
     ImportanceWarmupModule: "pefthub.methods.ImportanceLoRAModule or pefthub.methods.GLoRAModule",
     RankReallocatingModule: "pefthub.methods.GLoRAModule",
     DeltaTunableModule: "pefthub.methods.UniHyperLoRAModule",
+    HFRankAllocatingModule: "pefthub.methods.HFPEFTAdaLoRAModule",
 }
 
 
