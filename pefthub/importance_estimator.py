@@ -95,6 +95,13 @@ class _StepGradient:
         return None
 
 
+def check_source(source: str) -> None:
+    """Raise the one-line error for an importance source that is not one of :data:`SOURCES`
+    (shared by the estimator and the methods' settings, which check it before building one)."""
+    if source not in SOURCES:
+        raise ValueError(f"importance source must be one of {SOURCES}, got {source!r}")
+
+
 class ImportanceEstimator:
     """Running importance of each adapted matrix (see the module docstring for the sources).
 
@@ -109,8 +116,7 @@ class ImportanceEstimator:
     """
 
     def __init__(self, source: str = "fisher", beta: float | None = 0.9, fisher_impl: str = "auto") -> None:
-        if source not in SOURCES:
-            raise ValueError(f"importance source must be one of {SOURCES}, got {source!r}")
+        check_source(source)
         if beta is not None and not 0.0 <= beta < 1.0:
             raise ValueError(f"importance EMA beta must be in [0, 1) or null (plain mean), got {beta}")
         if fisher_impl not in FISHER_IMPLS:

@@ -25,6 +25,7 @@ which allocates ranks from gradients before training rather than after a LoRA wa
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from pefthub.callbacks.rank_reallocation import RankReallocation
 from pefthub.importance_estimator import ImportanceEstimator, allocate_ranks, normalize
 from pefthub.methods.importance_lora import ImportanceWarmupMixin
 from pefthub.methods.lora import LoRAModule
+from pefthub.methods.settings import GLoRASettings, from_config
 
 # the rank pattern fixes the tensor shapes, so it is module state: it must be rebuilt before
 # the weights load (the importance estimator is the warm-up callback's state)
@@ -73,6 +75,7 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         fisher_impl: str = "auto",
         **kwargs: Any,
     ) -> None:
+        glora_settings = GLoRASettings(total_rank=total_rank, importance_source=importance_source)
         # set before LoRAModule.__init__: with model.init_adapter it loads the file, and
         # load_adapter applies the file's rank pattern and reallocated flag
         self.importance_estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)
@@ -82,12 +85,14 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         self.reallocated = False
         super().__init__(**kwargs)
         caps = [min(site.d_in, site.d_out) for site in self.sites]
-        self.total_rank = len(self.sites) * self.settings.rank if total_rank is None else total_rank
-        if not 0 <= self.total_rank <= sum(caps):
+        if total_rank is None:
+            glora_settings = replace(glora_settings, total_rank=len(self.sites) * self.settings.rank)
+        if not 0 <= glora_settings.total_rank <= sum(caps):
             raise ValueError(
                 f"model.total_rank must be in [0, {sum(caps)}] (the sum of min(d_in, d_out) over the "
-                f"{len(self.sites)} targets), got {self.total_rank}"
+                f"{len(self.sites)} targets), got {glora_settings.total_rank}"
             )
+        self.glora_settings = glora_settings
         self.scaling = self.settings.alpha / self.settings.rank  # γ, fixed for every layer and rank
         for layer in self.importance_layers().values():  # a rank_pattern may start some at 0
             for param in layer.adapter_parameters().values():
@@ -95,6 +100,15 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
 
     def configure_callbacks(self) -> list:
         return [*super().configure_callbacks(), self.warmup_callback(), RankReallocation()]
+
+    @classmethod
+    def method_arguments(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return asdict(from_config(GLoRASettings, config))
+
+    @property
+    def total_rank(self) -> int:
+        """R_total, the sum of ranks after reallocation."""
+        return self.glora_settings.total_rank
 
     # ------------------------------------------------------------------ importance protocol
 
@@ -166,16 +180,16 @@ class GLoRAModule(ImportanceWarmupMixin, LoRAModule):
         super().on_load_checkpoint(checkpoint)
 
     def adapter_config(self) -> dict[str, Any]:
-        config = super().adapter_config()  # rank_pattern and scaling_pattern of the layers
-        pattern = self.current_ranks()
-        config.update(
-            alpha_pattern={name: self.scaling * r for name, r in pattern.items()},
-            total_rank=self.total_rank,
-            reallocated=self.reallocated,
-            importance_source=self.importance_estimator.source,
-            importance=self.importance_estimator.values() if self.importance_estimator.frozen else None,
-        )
-        return config
+        """LoRA's file (the layers' rank_pattern and scaling_pattern) plus :class:`GLoRASettings`
+        and the phase's results: alpha_pattern, whether the ranks were reallocated, and the
+        measured importances once frozen."""
+        return {
+            **super().adapter_config(),
+            **asdict(self.glora_settings),
+            "alpha_pattern": {name: self.scaling * r for name, r in self.current_ranks().items()},
+            "reallocated": self.reallocated,
+            "importance": self.importance_estimator.values() if self.importance_estimator.frozen else None,
+        }
 
     def load_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load a GLoRA adapter: apply its ``rank_pattern`` first, then copy the tensors."""

@@ -27,6 +27,7 @@ proposals' FW-LoRA weights by a per-matrix (not per-parameter) importance.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -35,7 +36,6 @@ from torch import nn
 from pefthub.callbacks.importance_warmup import ImportanceWarmup
 from pefthub.callbacks.logging_step import is_logging_step
 from pefthub.importance_estimator import (
-    NORMALIZATIONS,
     ImportanceEstimator,
     lora_delta_sq_norm,
     normalize,
@@ -43,6 +43,7 @@ from pefthub.importance_estimator import (
     weighted_delta_sq_norm_gradients,
 )
 from pefthub.methods.lora import LoRAModule
+from pefthub.methods.settings import ImportanceLoRASettings, from_config
 
 CHECKPOINT_KEY = "pefthub_importance"  # where checkpoints written before the callback kept the estimator
 
@@ -114,27 +115,43 @@ class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
         fisher_impl: str = "auto",
         **kwargs: Any,
     ) -> None:
-        if importance_normalization not in NORMALIZATIONS:
-            raise ValueError(f"model.importance_normalization must be one of {NORMALIZATIONS}, got {importance_normalization!r}")
-        if penalty_weight < 0:
-            raise ValueError(f"model.penalty_weight (λ) must be >= 0, got {penalty_weight}")
-        if penalty_exponent <= 0:
-            raise ValueError(f"model.penalty_exponent (β) must be > 0, got {penalty_exponent}")
-        estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)  # validates its settings
+        importance_settings = ImportanceLoRASettings(
+            importance_source=importance_source,
+            importance_normalization=importance_normalization,
+            penalty_weight=penalty_weight,
+            penalty_exponent=penalty_exponent,
+        )
+        estimator = ImportanceEstimator(importance_source, ema_beta, fisher_impl)  # checks ema_beta, fisher_impl
         super().__init__(**kwargs)
+        self.importance_settings = importance_settings
         self.importance_estimator = estimator
         self.warmup_steps = warmup_steps
         self.calibration = calibration
         self.calibration_lr_scale = calibration_lr_scale
-        self.importance_normalization = importance_normalization
-        self.penalty_weight = penalty_weight
-        self.penalty_exponent = penalty_exponent
         self._weights: torch.Tensor | None = None
         self._weight_list: list[float] = []
         self._penalty_cache: dict = {}  # weighted_delta_sq_norm_gradients' device-side factors
 
     def configure_callbacks(self) -> list:
         return [*super().configure_callbacks(), self.warmup_callback()]
+
+    @classmethod
+    def method_arguments(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return asdict(from_config(ImportanceLoRASettings, config))
+
+    @property
+    def importance_normalization(self) -> str:
+        return self.importance_settings.importance_normalization
+
+    @property
+    def penalty_weight(self) -> float:
+        """λ, the strength of the penalty."""
+        return self.importance_settings.penalty_weight
+
+    @property
+    def penalty_exponent(self) -> float:
+        """β in the weights (1 − I_m)^β."""
+        return self.importance_settings.penalty_exponent
 
     # ------------------------------------------------------------------ importance protocol
 
@@ -193,12 +210,10 @@ class ImportanceLoRAModule(ImportanceWarmupMixin, LoRAModule):
         super().load_importance_state(state)
 
     def adapter_config(self) -> dict[str, Any]:
-        config = super().adapter_config()
-        config.update(
-            importance_source=self.importance_estimator.source,
-            importance_normalization=self.importance_normalization,
-            penalty_weight=self.penalty_weight,
-            penalty_exponent=self.penalty_exponent,
-            importance=self.importance_summary() if self.importance_estimator.frozen else None,
-        )
-        return config
+        """LoRA's file plus :class:`ImportanceLoRASettings` and, once measured, each target's
+        importance and penalty weight (``importance``)."""
+        return {
+            **super().adapter_config(),
+            **asdict(self.importance_settings),
+            "importance": self.importance_summary() if self.importance_estimator.frozen else None,
+        }

@@ -165,6 +165,8 @@ class LoRAModule(PEFTModule):
         ranks = config.get("rank_pattern") or {}
         scalings = config.get("scaling_pattern") or {}
         settings = from_config(LoRASettings, config, rank=max(ranks.values(), default=8))
+        if config.get("method") == cls.method_name:
+            kwargs = {**cls.method_arguments(config), **kwargs}
         module = cls(
             backbone=backbone or config["backbone"],
             rank=settings.rank,
@@ -178,6 +180,13 @@ class LoRAModule(PEFTModule):
         )
         module.load_adapter(path)
         return module
+
+    @classmethod
+    def method_arguments(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments of a method built on LoRA read back from its own
+        ``adapter_config.json`` (its settings dataclass); plain LoRA has none beyond
+        :class:`LoRASettings`."""
+        return {}
 
     def load_adapter(self, path: str | Path) -> dict[str, Any]:
         """Load an adapter file, with its per-module scaling (``scaling_pattern``): an adapter

@@ -2,7 +2,9 @@
 validates it once, ``asdict()`` of it is the method's part of ``adapter_config.json``, and a
 loader reads it back with ``from_config`` (as HF PEFT's ``LoraConfig`` is both the schema
 and the file). Only what shapes or scales the adapter belongs here; per-layer results (the
-ranks each layer ended with, masks, sites) are written beside it by the method.
+ranks each layer ended with, masks, sites, measured importances) are written beside it by
+the method. A method built on LoRA (FW/IW-LoRA, GLoRA) keeps :class:`LoRASettings` as
+``module.settings`` and its own part in a second dataclass; both go into the file.
 
 Validation messages name the YAML key (``model.<key>``), as the constructor's did.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pefthub.adapters.adalora import ORTH_REG_FORMS
+from pefthub.importance_estimator import NORMALIZATIONS, check_source
 
 S = TypeVar("S")
 
@@ -113,3 +116,42 @@ class VeRASettings:
         object.__setattr__(self, "save_projection", bool(self.save_projection))
         if self.target_modules is not None:
             object.__setattr__(self, "target_modules", list(self.target_modules))
+
+
+@dataclass(frozen=True)
+class ImportanceLoRASettings:
+    """FW/IW-LoRA's penalty settings, beside :class:`LoRASettings`:
+    ``loss = task loss + λ Σ_m (1 − I_m)^β ‖ΔW_m‖²_F`` with λ = ``penalty_weight``,
+    β = ``penalty_exponent`` and I_m the ``importance_source`` values normalised by
+    ``importance_normalization`` (``sum``: v / Σ v, ``max``: v / max v). The warm-up's
+    settings (steps, EMA, calibration) shape no adapter and are not written."""
+
+    importance_source: str = "fisher"
+    importance_normalization: str = "sum"
+    penalty_weight: float = 0.01
+    penalty_exponent: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.importance_normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"model.importance_normalization must be one of {NORMALIZATIONS}, got {self.importance_normalization!r}"
+            )
+        if self.penalty_weight < 0:
+            raise ValueError(f"model.penalty_weight (λ) must be >= 0, got {self.penalty_weight}")
+        if self.penalty_exponent <= 0:
+            raise ValueError(f"model.penalty_exponent (β) must be > 0, got {self.penalty_exponent}")
+        check_source(self.importance_source)
+
+
+@dataclass(frozen=True)
+class GLoRASettings:
+    """GLoRA's allocation settings, beside :class:`LoRASettings` (whose ``rank`` is r_init):
+    after the warm-up ``r_k = round(R_total · s_k)`` with R_total = ``total_rank`` and s_k the
+    normalised ``importance_source`` values. ``total_rank`` ``None`` is filled in by the module
+    (targets × rank), which also checks it against what the targets can hold (their shapes)."""
+
+    total_rank: int | None = None
+    importance_source: str = "grad_norm"
+
+    def __post_init__(self) -> None:
+        check_source(self.importance_source)
