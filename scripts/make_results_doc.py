@@ -107,10 +107,37 @@ def _quickstart(folder: Path, meta: dict) -> list[str]:
     return _table(["figure", "value"], rows)
 
 
+def _unihyper_transfer(folder: Path, meta: dict) -> list[str]:
+    """``benchmarks/unihyper_transfer.py``'s ``records.jsonl``: one row per measurement (source
+    training, zero-shot load into a host and its δθ phase, SAT-LoRA trained on the host, FLOPs)."""
+    rows = []
+    for r in (json.loads(line) for line in (folder / meta["record"]).read_text().splitlines() if line.strip()):
+        what = r["what"]
+        if what == "source":
+            figure = (f"test accuracy {r['test_accuracy_fp32']:.4f} after {r.get('train_examples') or 'all'} rows × "
+                      f"{r['epochs']} epoch(s) (preset {r.get('preset')}, lr {r.get('lr')}); adapter file "
+                      f"{_num(r['adapter_bytes'])} bytes; E[k] {r['atoms_per_token']:.2f} atoms per token")
+        elif what == "transfer":
+            figure = f"zero-shot {r['zero_shot_accuracy']:.4f}; head alone on the bare host {r['head_only_accuracy']:.4f}"
+            if "after_delta_accuracy" in r:
+                figure += f"; after {r['delta_steps']} δθ steps (λ_Q {r['lambda_delta']}) {r['after_delta_accuracy']:.4f}"
+        elif what == "satlora":
+            figure = (f"SAT-LoRA trained on this host: {r['test_accuracy']:.4f} (fp32 {r['test_accuracy_fp32']:.4f}); "
+                      f"adapter file {_num(r['adapter_bytes'])} bytes")
+        elif what == "flops":
+            figure = (f"+{r['overhead']:.1%} FLOPs with cached projectors (inference), +{r['per_forward_overhead']:.1%} "
+                      f"per training forward (fvcore, {r['seq_len']} tokens)")
+        else:
+            continue
+        rows.append([what, f"`{r['host']}`", str(r["seed"]), figure])
+    return _table(["record", "host", "seed", "figures"], rows)
+
+
 RENDERERS: dict[str, Callable[[Path, dict], list[str]]] = {
     "ner": _ner,
     "quickstart": _quickstart,
     "step_time_csv": _step_time_csv,
+    "unihyper_transfer": _unihyper_transfer,
 }
 
 
