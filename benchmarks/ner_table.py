@@ -35,13 +35,30 @@ def _pefthub_run(run_dir: Path) -> dict | None:
         return None
     last = test.groupby("tag")["value"].last()
     per_type = {tag.split("/", 2)[2]: float(v) for tag, v in last.items() if tag.startswith("test/entity_f1/")}
-    return {"entity_f1": float(last["test/entity_f1"]), "per_type_f1": per_type}
+    return {"entity_f1": float(last["test/entity_f1"]), "per_type_f1": per_type,
+            **{name: float(last[f"test/{name}"]) for name in ("accuracy", "entity_precision", "entity_recall")
+               if f"test/{name}" in last}}
+
+
+def write_record(run_dir: Path, result: dict, folder: Path) -> Path:
+    """``<folder>/<run name>_<version>.json``: the run's test figures (per-type F1 to 4 digits),
+    with its seed and epochs from ``config.yaml`` — the committed record docs/results.md renders."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    test = {**result, "per_type_f1": {k: round(v, 4) for k, v in sorted(result["per_type_f1"].items())}}
+    record = {"run": str(run_dir), "seed": config.get("seed_everything"),
+              "max_epochs": (config.get("trainer") or {}).get("max_epochs"), "test": test}
+    path = folder / f"{run_dir.parent.name}_{run_dir.name}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference", nargs="*", default=[], help="JSON records of benchmarks/ner_reference.py")
     parser.add_argument("--run", action="append", default=[], help="LABEL=GLOB of pefthub run folders")
+    parser.add_argument("--records", type=Path, help="also write each pefthub run's figures as a JSON record into this folder")
     args = parser.parse_args(argv)
 
     rows: dict[str, list[dict]] = {}
@@ -55,6 +72,8 @@ def main(argv: list[str] | None = None) -> str:
             result = _pefthub_run(Path(run_dir))
             if result is not None:
                 rows.setdefault(label, []).append(result)
+                if args.records is not None:
+                    write_record(Path(run_dir), result, args.records)
 
     manifest = json.loads((Path(__file__).resolve().parents[1] / "pefthub/data/builtin/ner/manifest.json").read_text())
     types = sorted(manifest["entity_counts"]["test"])
