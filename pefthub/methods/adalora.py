@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-from pefthub import __version__
 from pefthub.adapters.adalora import (
     LoRAExport,
     SVDLinear,
@@ -212,14 +211,8 @@ class AdaLoRAModule(PEFTModule):
         tensors = {f"backbone.{k}": v for k, v in export.tensors.items()}
         tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         config = {
-            "method": "lora",
-            "pefthub_version": __version__,
-            "backbone": self.backbone_name,
-            "family": self.family,
-            "task_type": self.task_type,
-            "num_labels": self.head.out_features,
-            "label_names": self.label_names,
-            "pooling": self.pooling,
+            **self.shared_file_config(),
+            "method": "lora",  # keeps its first place in the JSON
             "rank": max(export.rank_pattern.values()),
             "alpha": self.settings.alpha,
             "dropout": self.settings.dropout,
