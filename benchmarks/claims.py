@@ -7,7 +7,9 @@
 Inputs (any may be missing: the claims that need it are then "not testable yet"):
 
 - ``--grid``: a ``pefthub grid`` experiment folder (``results.csv``; each run's
-  ``grid_config.yaml`` says its schedule), e.g. ``configs/experiments/claims_sst2.yaml``'s.
+  ``grid_config.yaml`` says its schedule; ``tuning.csv``, the tuning stage's trials), e.g.
+  ``configs/experiments/claims_sst2.yaml``'s, or its committed copy made by
+  ``benchmarks/export_grid.py`` (``results/claims_sst2``).
 - ``--step-time``: ``benchmarks/step_time.py``'s CSV (aten ops and median time per training step).
 - ``--transfer``: ``benchmarks/unihyper_transfer.py``'s ``records.jsonl`` (source, transfer,
   satlora and flops records).
@@ -104,13 +106,25 @@ def read_grid(folder: Path, task: str, full_epochs: int) -> dict[str, Scores]:
         rows = [r for r in csv.DictReader(handle) if r["status"] == "ok" and r["task"] == task]
     scores: dict[str, Scores] = {}
     for row in sorted(rows, key=lambda r: (r["method"], int(r["seed"]))):
-        full, shown = _schedule(row["config"], full_epochs)
+        config = Path(row["config"])
+        if not config.is_absolute() and not config.is_file() and (folder / config).is_file():
+            config = folder / config  # an exported copy (benchmarks/export_grid.py): relative to the folder
+        full, shown = _schedule(str(config), full_epochs)
         entry = scores.setdefault(row["method"], Scores(row["method"], [], True, shown, row.get("tuned/model.optimizer.lr", "")))
         entry.values.append(float(row["primary_value"]))
         entry.full = entry.full and full
         if not full:
             entry.schedule = shown
     return scores
+
+
+def read_trials(folder: Path) -> list[dict[str, str]]:
+    """The tuning stage's trials (``tuning.csv``), if the grid tuned."""
+    path = folder / "tuning.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return sorted(csv.DictReader(handle), key=lambda r: (r["group"], int(r["trial"])))
 
 
 def read_step_time(path: Path | None) -> dict[str, dict[str, str]]:
@@ -266,7 +280,8 @@ def evaluate(grid: dict[str, Scores], steps: dict[str, dict[str, str]], records:
     return rows + unihyper_claims(records, grid, tolerance, full_epochs)
 
 
-def render(verdicts: list[Verdict], grid: dict[str, Scores], command: str, sources: list[str], tolerance: float) -> str:
+def render(verdicts: list[Verdict], grid: dict[str, Scores], command: str, sources: list[str], tolerance: float,
+           trials: list[dict[str, str]] | None = None) -> str:
     lines = [
         "# Claims: what each proposal says, what was measured",
         "",
@@ -289,6 +304,14 @@ def render(verdicts: list[Verdict], grid: dict[str, Scores], command: str, sourc
         for s in sorted(grid.values(), key=lambda s: -s.mean):
             lines.append(f"| {s.method} | {s.mean:.4f} ± {s.std:.4f} | {' / '.join(f'{v:.4f}' for v in s.values)} | "
                          f"{s.lr or '—'} | {'full' if s.full else s.schedule} |")
+    if trials:
+        params = sorted({k for t in trials for k in t if k.startswith("param/") and t[k]})
+        lines += ["", "## Tuning trials (one seed, scored on validation: the best validation value of the run)", "",
+                  "| group | " + " | ".join(p.removeprefix("param/") for p in params) + " | state | validation |",
+                  "|---|" + "---|" * (len(params) + 2)]
+        for t in trials:
+            value = f"{float(t['value']):.4f}" if t.get("value") else "—"
+            lines.append(f"| {t['group']} | " + " | ".join(t.get(p) or "—" for p in params) + f" | {t['state']} | {value} |")
     return "\n".join(lines) + "\n"
 
 
@@ -306,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = evaluate(grid, read_step_time(args.step_time), read_records(args.transfer), args.tolerance, args.full_epochs)
     command = "python benchmarks/claims.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sources = [str(p) for p in (args.grid, args.step_time, args.transfer) if p is not None]
-    text = render(verdicts, grid, command.strip(), sources, args.tolerance)
+    trials = read_trials(args.grid) if args.grid else []
+    text = render(verdicts, grid, command.strip(), sources, args.tolerance, trials)
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}: " + ", ".join(f"{sum(v.verdict == k for v in verdicts)} {k}" for k in (HELD, NOT_HELD, UNTESTED)))

@@ -126,3 +126,36 @@ def test_the_committed_claims_page_is_what_its_command_renders(tmp_path, monkeyp
     assert claims.main(args) == 0
     rendered = (tmp_path / "claims.md").read_text().replace(str(tmp_path / "claims.md"), "docs/claims.md")
     assert rendered == page.read_text(), "docs/claims.md is stale: rerun the command in its header"
+
+
+def test_an_exported_grid_reads_like_the_grid_itself(tmp_path):
+    """benchmarks/export_grid.py: the committed copy keeps the verdict inputs (scores, schedules,
+    tuning trials) without the runs folder it came from."""
+    _exp = importlib.util.spec_from_file_location("export_grid", REPO / "benchmarks" / "export_grid.py")
+    export_grid = importlib.util.module_from_spec(_exp)
+    _exp.loader.exec_module(export_grid)
+    source = _grid(tmp_path, {"lora": [0.86, 0.87, 0.88], "adalora": [0.80, 0.81, 0.82]})
+    with open(source / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["run_id"] = f"{row['method']}__s{row['seed']}"
+    with open(source / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*FIELDS, "run_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    (source / "tuning.csv").write_text("group,study,trial,state,value,param/model.optimizer.lr,run_dir\n"
+                                       "lora__sst2,s1,1,COMPLETE,0.88,0.0015,x\nlora__sst2,s1,0,COMPLETE,0.87,0.0005,x\n")
+    dest = tmp_path / "committed"
+    assert export_grid.main([str(source), str(dest)]) == 0
+    before = {k: (s.values, s.full) for k, s in claims.read_grid(source, "sst2", 3).items()}
+    for config in source.glob("*.yaml"):
+        config.unlink()  # the runs folder is gone: only the copy is left
+    after = {k: (s.values, s.full) for k, s in claims.read_grid(dest, "sst2", 3).items()}
+    assert after == before and all(full for _, full in after.values())
+    assert _verdicts(dest)["AdaLoRA > LoRA at equal budget"].verdict == claims.NOT_HELD
+    out = tmp_path / "claims.md"
+    claims.main(["--grid", str(dest), "--out", str(out)])
+    text = out.read_text()
+    # trials in order, the lr column named by its key
+    assert "| group | model.optimizer.lr | state | validation |" in text
+    assert text.index("| lora__sst2 | 0.0005 | COMPLETE | 0.8700 |") < text.index("| lora__sst2 | 0.0015 | COMPLETE | 0.8800 |")
