@@ -12,6 +12,7 @@ checkpoint hooks and the adapter-file I/O).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -165,14 +166,21 @@ class PEFTModule(AdapterFiles, LightningModule):
         self._fast_cpu_kernels = bool(fast_cpu_kernels)
         self._init_adapter = init_adapter
 
-    def adapters_ready(self) -> None:
+    def adapters_ready(self, trainable: Iterable[nn.Parameter] | None = None) -> None:
         """End of a method's ``__init__``, once its adapters are in ``self.backbone``: set their
-        CPU kernels, make exactly the adapters and the head trainable, then load
+        CPU kernels, make exactly the adapters (or ``trainable``, for a method whose trained
+        tensors are not pefthub adapter layers) and the head trainable, then load
         ``model.init_adapter`` (its tensors need the adapters to exist)."""
         for module in self.backbone.modules():
             if hasattr(module, "fast_cpu_kernels"):
                 module.fast_cpu_kernels = self._fast_cpu_kernels
-        mark_only_adapters_trainable(self.backbone)
+        if trainable is None:
+            mark_only_adapters_trainable(self.backbone)
+        else:
+            chosen = list(trainable)  # read before freezing: it may be a requires_grad filter
+            self.backbone.requires_grad_(False)
+            for param in chosen:
+                param.requires_grad_(True)
         self.head.requires_grad_(True)
         if self._init_adapter is not None:
             self.load_init_adapter(self._init_adapter)

@@ -25,8 +25,7 @@ class FullFineTuneModule(PEFTModule):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.adapters_ready()  # no adapters: this loads model.init_adapter
-        self.backbone.requires_grad_(True)  # the backbone itself is trained
+        self.adapters_ready(trainable=self.backbone.parameters())  # the backbone itself is trained
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """All backbone parameters (``backbone.<name>``) and the task head (``head.*``)."""

@@ -51,10 +51,7 @@ class _HFPEFTModule(PEFTModule):
 
         self.peft_config = config
         self.backbone = get_peft_model(self.backbone, config)
-        trainable = [p for p in self.backbone.parameters() if p.requires_grad]
-        self.adapters_ready()  # freezes everything but pefthub's own adapter layers (none here) and the head
-        for param in trainable:
-            param.requires_grad_(True)
+        self.adapters_ready(trainable=[p for p in self.backbone.parameters() if p.requires_grad])  # PEFT's choice
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """PEFT's trainable tensors under their ``PeftModel`` names, unresized (AdaLoRA's pruned
