@@ -71,11 +71,11 @@ def _data(backbone: str, args, task: str = "sst2"):
     return data_class(backbone=backbone, task=task, max_length=args.max_length, batch_size=32, train_limit=args.train_limit or None)
 
 
-def _trainer(root: Path | None = None, **kwargs) -> Trainer:
-    """A quiet CPU trainer. A fit writes its final adapter (the methods' ``SaveAdapter``) under
+def _trainer(root: Path | None = None, accelerator: str = "cpu", **kwargs) -> Trainer:
+    """A quiet trainer (on the CPU unless ``--accelerator`` says otherwise). A fit writes its final adapter (the methods' ``SaveAdapter``) under
     ``root/adapter``: every fit gets its own ``root`` so that nothing lands in the working
     directory and no fit overwrites the source adapter the transfers load."""
-    return Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    return Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                    default_root_dir=root, **kwargs)
 
 
@@ -83,9 +83,9 @@ def _slug(host: str) -> str:
     return host.replace(":", "_").replace("=", "-").replace(",", "-")
 
 
-def _test(module, data) -> float:
+def _test(module, data, accelerator: str = "cpu") -> float:
     """The task's primary test metric (accuracy for sst2, entity F1 for ner)."""
-    return float(_trainer().test(module, datamodule=data, verbose=False)[0][f"test/{data.primary_metric}"])
+    return float(_trainer(accelerator=accelerator).test(module, datamodule=data, verbose=False)[0][f"test/{data.primary_metric}"])
 
 
 def _emit(args, record: dict) -> None:
@@ -105,10 +105,10 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     flops = flop_overhead(module, seq_len=128)
     data = _data(host, args)
     started = time.perf_counter()
-    _trainer(out / "fits" / f"satlora-{_slug(host)}", max_epochs=args.epochs, limit_val_batches=0).fit(module, datamodule=data)
+    _trainer(accelerator=args.accelerator, root=out / "fits" / f"satlora-{_slug(host)}", max_epochs=args.epochs, limit_val_batches=0).fit(module, datamodule=data)
     train_s = time.perf_counter() - started
     module.eval()
-    fp32_acc = _test(module, data)
+    fp32_acc = _test(module, data, args.accelerator)
     directory = out / "satlora" / _slug(host)
     module.save_adapter(directory)
     size = adapter_file_bytes(directory)
@@ -117,7 +117,7 @@ def _satlora_per_host(host: str, args, out: Path) -> None:
     _emit(args, {"what": "satlora", "seed": args.seed, "host": host, "hidden": config.hidden_size, "layers": config.num_hidden_layers,
            "ffn": config.intermediate_size, "d0": args.satlora_d0, "lr": args.satlora_lr, "widths": module.hyper.config()["widths"],
            "train_examples": args.train_limit or None, "epochs": args.epochs, "train_s": round(train_s, 1),
-           "test_accuracy_fp32": fp32_acc, "test_accuracy": _test(reloaded, data), "adapter_bytes": size,
+           "test_accuracy_fp32": fp32_acc, "test_accuracy": _test(reloaded, data, args.accelerator), "adapter_bytes": size,
            "adapter_params": sum(p.numel() for p in module.hyper.parameters()), "flop_overhead": flops["overhead"]})
 
 
@@ -132,10 +132,10 @@ def _train_source(args, out: Path) -> None:
            "per_forward_overhead": flops_train["overhead"]})
     data = _data(args.source, args)
     started = time.perf_counter()
-    _trainer(out / "fits" / "source", max_epochs=args.epochs, limit_val_batches=0).fit(source, datamodule=data)
+    _trainer(accelerator=args.accelerator, root=out / "fits" / "source", max_epochs=args.epochs, limit_val_batches=0).fit(source, datamodule=data)
     train_s = time.perf_counter() - started
     source.eval()
-    fp32_acc = _test(source, data)
+    fp32_acc = _test(source, data, args.accelerator)
     source.save_adapter(out / "adapter")
     size = adapter_file_bytes(out / "adapter")
     _emit(args, {"what": "source", "seed": args.seed, "host": args.source, "preset": args.preset, "lr": args.lr,
@@ -162,9 +162,9 @@ def _transfer(hosts: list[str], args, out: Path) -> None:
         module = UniHyperLoRAModule(backbone=host, init_adapter=str(out / "adapter"), lambda_delta=args.lambda_delta,
                                     max_flop_overhead=None).eval()
         data = _data(host, args)
-        zero_shot = _test(module, data)
+        zero_shot = _test(module, data, args.accelerator)
         with module.hyper.bypassed():  # the adapter's head on the bare host: what the adapter itself adds
-            head_only = _test(module, data)
+            head_only = _test(module, data, args.accelerator)
         record = {"what": "transfer", "seed": args.seed, "host": host, "hidden": module.backbone.config.hidden_size,
                   "layers": module.backbone.config.num_hidden_layers, "ffn": module.backbone.config.intermediate_size,
                   "zero_shot_accuracy": zero_shot, "head_only_accuracy": head_only,
@@ -173,11 +173,11 @@ def _transfer(hosts: list[str], args, out: Path) -> None:
             module.optimizer_factory = partial(torch.optim.AdamW, lr=args.delta_lr, weight_decay=0.0)
             module.train()
             started = time.perf_counter()
-            _trainer(out / "fits" / f"delta-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
+            _trainer(accelerator=args.accelerator, root=out / "fits" / f"delta-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
                      callbacks=[DeltaTuning(steps=args.delta_steps)]).fit(module, datamodule=data)
             module.eval()
             record.update({"delta_steps": args.delta_steps, "lambda_delta": args.lambda_delta, "delta_s": round(time.perf_counter() - started, 1),
-                           "after_delta_accuracy": _test(module, data)})
+                           "after_delta_accuracy": _test(module, data, args.accelerator)})
         _emit(args, record)
 
 
@@ -197,20 +197,20 @@ def _new_task(host: str, task: str, args, out: Path) -> None:
         started = time.perf_counter()
         if mode == "delta+head":
             tuning = DeltaTuning(steps=args.delta_steps, train_head=True)
-            _trainer(out / "fits" / f"{task}-delta+head-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
+            _trainer(accelerator=args.accelerator, root=out / "fits" / f"{task}-delta+head-{_slug(host)}", max_epochs=-1, limit_val_batches=0,
                      callbacks=[tuning]).fit(module, datamodule=data)
             sizes = dict(tuning.sizes)
             module.eval()
-            metric = _test(module, data)
+            metric = _test(module, data, args.accelerator)
         else:
             module.requires_grad_(False)
             module.head.requires_grad_(True)
             sizes = {"budget/delta_params": 0, "budget/new_head_params": sum(p.numel() for p in module.head.parameters())}
             with module.hyper.bypassed():
-                _trainer(out / "fits" / f"{task}-head_only-{_slug(host)}", max_steps=args.delta_steps,
+                _trainer(accelerator=args.accelerator, root=out / "fits" / f"{task}-head_only-{_slug(host)}", max_steps=args.delta_steps,
                          limit_val_batches=0).fit(module, datamodule=data)
                 module.eval()
-                metric = _test(module, data)
+                metric = _test(module, data, args.accelerator)
         _emit(args, {"what": "new_task", "seed": args.seed, "host": host, "task": task, "mode": mode,
                "primary_metric": data.primary_metric, "test_metric": metric, "steps": args.delta_steps,
                "train_s": round(time.perf_counter() - started, 1),
@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--lambda-delta", type=float, default=1e-3, help="λ_Q of every δθ phase (transfer and new task)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="the source's UniHyperLoRA preset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator of every fit and test: cpu (default) or gpu")
     parser.add_argument("--out", default="runs/unihyper-transfer")
     parser.add_argument("--satlora", choices=("off", "also", "only"), default="off",
                         help="also train the SAT-LoRA baseline on every host (only: skip UniHyperLoRA)")
