@@ -49,7 +49,11 @@ def write_record(run_dir: Path, result: dict, folder: Path) -> Path:
     test = {**result, "per_type_f1": {k: round(v, 4) for k, v in sorted(result["per_type_f1"].items())}}
     record = {"run": str(run_dir), "seed": config.get("seed_everything"),
               "max_epochs": (config.get("trainer") or {}).get("max_epochs"), "test": test}
-    path = folder / f"{run_dir.parent.name}_{run_dir.name}.json"
+    if config.get("ckpt_path"):  # a `pefthub test --ckpt_path` folder (<run>/test): which checkpoint
+        record["ckpt_path"] = config["ckpt_path"]
+    # <name>_<version>.json; a test of a run's checkpoint (<name>/<version>/test) adds _test
+    parts = run_dir.parts[-3:] if run_dir.name in ("test", "validate") else run_dir.parts[-2:]
+    path = folder / f"{'_'.join(parts)}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path
 
