@@ -8,6 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# entity F1 exactly 0 almost always means every word was tagged O; say what usually fixes it
+NO_ENTITY_HINT = ("no entity found (usually every word tagged O: a fresh head at the adapter's lr needs ~2 epochs "
+                  "at full lr; for a short schedule set model.head_lr 10x the lr, docs/ner.md)")
+
 
 def _size(path: Path) -> str:
     total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
@@ -36,6 +40,8 @@ def summary_line(
     if source:
         head += f" on {source}" + (f" ({examples})" if examples else "")
     parts.append(head)
+    if primary == "entity_f1" and values.get(primary) == 0.0:
+        parts.append(NO_ENTITY_HINT)
     if checkpoint:
         parts.append(f"checkpoint {checkpoint}")
     if adapter and Path(adapter).exists():

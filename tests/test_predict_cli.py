@@ -306,3 +306,20 @@ def test_summary_line_names_metric_data_checkpoint_and_adapter(tmp_path):
     line = summary_line({"val/accuracy": _torch.tensor(0.86351), "val/mcc": _torch.tensor(0.7271)}, "val", Data(), "best.ckpt",
                         tmp_path / "adapter", 872, label="best val")
     assert line == f"pefthub: best val accuracy 0.8635 (mcc 0.7271) on sst2 validation (872) · checkpoint best.ckpt · adapter {tmp_path / 'adapter'} (1.35 MB)"
+
+
+def test_a_token_run_that_finds_no_entity_says_what_usually_fixes_it():
+    import torch as _torch
+
+    from pefthub.summary import NO_ENTITY_HINT, summary_line
+
+    class Data:
+        primary_metric, task, files = "entity_f1", "ner", {}
+
+        def source_name(self) -> str:
+            return "ner"
+
+    zero = summary_line({"test/entity_f1": _torch.tensor(0.0), "test/accuracy": _torch.tensor(0.9365)}, "test", Data())
+    learned = summary_line({"test/entity_f1": _torch.tensor(0.47), "test/accuracy": _torch.tensor(0.957)}, "test", Data())
+    assert zero.endswith(NO_ENTITY_HINT) and "model.head_lr" in zero
+    assert NO_ENTITY_HINT not in learned
