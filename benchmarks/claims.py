@@ -124,7 +124,8 @@ def read_trials(folder: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
-        return sorted(csv.DictReader(handle), key=lambda r: (r["group"], int(r["trial"])))
+        rows = [r for r in csv.DictReader(handle) if r["state"] != "WAITING"]  # queued, not started: no values yet
+    return sorted(rows, key=lambda r: (r["group"], int(r["trial"])))
 
 
 def read_step_time(path: Path | None) -> dict[str, dict[str, str]]:

@@ -23,12 +23,16 @@ RESULTS, TRIALS, CONFIG = "results.csv", "tuning.csv", "grid_config.yaml"
 def export(source: Path, dest: Path) -> int:
     """Copy ``source``'s records into ``dest``; returns the number of result rows."""
     results = source / RESULTS
+    if not results.is_file() and not (source / TRIALS).is_file():
+        raise SystemExit(f"export_grid: neither {results} nor {source / TRIALS} exists (has the grid finished a run or trial?)")
+    dest.mkdir(parents=True, exist_ok=True)
+    if (source / TRIALS).is_file():
+        shutil.copyfile(source / TRIALS, dest / TRIALS)
     if not results.is_file():
-        raise SystemExit(f"export_grid: {results} not found (has the grid finished a run?)")
+        return 0  # tuning trials only so far
     with open(results, newline="") as handle:
         reader = csv.DictReader(handle)
         columns, rows = list(reader.fieldnames or []), list(reader)
-    dest.mkdir(parents=True, exist_ok=True)
     for row in rows:
         config = Path(row["config"])
         if config.is_file():
@@ -40,8 +44,6 @@ def export(source: Path, dest: Path) -> int:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    if (source / TRIALS).is_file():
-        shutil.copyfile(source / TRIALS, dest / TRIALS)
     return len(rows)
 
 
