@@ -159,3 +159,17 @@ def test_an_exported_grid_reads_like_the_grid_itself(tmp_path):
     # trials in order, the lr column named by its key
     assert "| group | model.optimizer.lr | state | validation |" in text
     assert text.index("| lora__sst2 | 0.0005 | COMPLETE | 0.8700 |") < text.index("| lora__sst2 | 0.0015 | COMPLETE | 0.8800 |")
+
+
+def test_a_grid_with_trials_only_exports_them_and_lists_the_started_ones(tmp_path):
+    _exp = importlib.util.spec_from_file_location("export_grid", REPO / "benchmarks" / "export_grid.py")
+    export_grid = importlib.util.module_from_spec(_exp)
+    _exp.loader.exec_module(export_grid)
+    source = tmp_path / "grid"
+    source.mkdir()
+    (source / "tuning.csv").write_text("group,study,trial,state,value,param/model.optimizer.lr,run_dir\n"
+                                       "lora__sst2,s1,0,COMPLETE,0.82,0.0001666,x\nlora__sst2,s1,1,WAITING,,,x\n")
+    assert export_grid.export(source, tmp_path / "copy") == 0
+    assert [t["trial"] for t in claims.read_trials(tmp_path / "copy")] == ["0"]  # the queued trial has no values yet
+    with pytest.raises(SystemExit, match="neither"):
+        export_grid.export(tmp_path / "empty", tmp_path / "copy2")
