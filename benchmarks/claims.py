@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from pefthub.grid_tune import TRIALS_NAME
+
 HELD, NOT_HELD, UNTESTED = "held", "not held", "not testable yet"
 OPS_SLACK = 1.10  # "at LoRA's cost": at most 10 % more aten ops per training step
 STEP_VARIANTS = {"lora": "pefthub_lora", "adalora": "pefthub_adalora", "fw_lora": "fw_lora", "iw_lora": "iw_lora",
@@ -120,7 +122,7 @@ def read_grid(folder: Path, task: str, full_epochs: int) -> dict[str, Scores]:
 
 def read_trials(folder: Path) -> list[dict[str, str]]:
     """The tuning stage's trials (``tuning.csv``), if the grid tuned."""
-    path = folder / "tuning.csv"
+    path = folder / TRIALS_NAME
     if not path.is_file():
         return []
     with open(path, newline="") as handle:

@@ -3,8 +3,8 @@
     python benchmarks/export_grid.py runs/claims_sst2 results/claims_sst2
 
 What is copied: ``results.csv`` (each row's ``config`` rewritten to the copied
-``<run_id>/grid_config.yaml``, relative to the destination, and ``run_dir`` to the source folder
-it came from), ``tuning.csv`` when the grid tuned, and every run's ``grid_config.yaml`` (its
+``<run_id>/grid_config.yaml``, relative to the destination; ``run_dir`` still names the run's
+folder in the source), ``tuning.csv`` when the grid tuned, and every run's ``grid_config.yaml`` (its
 schedule, which ``benchmarks/claims.py`` checks). Checkpoints, adapters and logs stay behind.
 Rerunning it replaces the destination's copies, so it can follow a grid that is still running.
 """
@@ -17,7 +17,10 @@ import shutil
 import sys
 from pathlib import Path
 
-RESULTS, TRIALS, CONFIG = "results.csv", "tuning.csv", "grid_config.yaml"
+from pefthub.grid_spec import CONFIG_NAME as CONFIG
+from pefthub.grid_tune import TRIALS_NAME as TRIALS
+
+RESULTS = "results.csv"  # the grid's default table (pefthub grid --results)
 
 
 def export(source: Path, dest: Path) -> int:

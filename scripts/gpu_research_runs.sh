@@ -7,7 +7,7 @@
 #      (benchmarks/export_grid.py's copy: commit it as results/claims_sst2_gpu);
 #   2. UniHyperLoRA transfer at full schedule, presets default and spec, seeds 0/1/2, with the
 #      per-host SAT-LoRA baseline -> $OUT/transfer/<preset>-s<seed>/records.jsonl;
-#   3. NER (issue 19): LoRA seeds 3-7 with the shipped head_lr 1e-2 and with head_lr null, and the
+#   3. NER (issue 19): LoRA seeds 3-7 with the shipped head_lr null and with head_lr 1e-2, and the
 #      Hugging Face full fine-tuning reference seeds 1 and 2 -> $OUT/ner (TensorBoard events and
 #      configs only: `python benchmarks/ner_table.py --run LABEL=DIR --records results/ner`).
 # Every part logs to $OUT/logs. The backbone is $MINILM (on the gpu-kit machine: MiniLM-L6 restored
@@ -25,7 +25,6 @@ python -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print('torc
 # 1. the claims grid (one thread per run; the GPU is shared by all of them)
 timeout --signal=TERM --kill-after=30 "$CAP" pefthub grid -c configs/experiments/claims_sst2.yaml --name claims_sst2_gpu \
   --jobs "$JOBS" --set model.backbone="$MINILM" --no-progress > "$OUT/logs/grid.log" 2>&1 &
-grid=$!
 
 # 2. the transfer runs, one process per preset and seed
 for preset in default spec; do

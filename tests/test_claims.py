@@ -16,6 +16,9 @@ _spec = importlib.util.spec_from_file_location("claims", REPO / "benchmarks" / "
 claims = importlib.util.module_from_spec(_spec)
 sys.modules["claims"] = claims  # dataclasses look their module up there
 _spec.loader.exec_module(claims)
+_export_spec = importlib.util.spec_from_file_location("export_grid", REPO / "benchmarks" / "export_grid.py")
+export_grid = importlib.util.module_from_spec(_export_spec)
+_export_spec.loader.exec_module(export_grid)
 
 FIELDS = ["method", "task", "seed", "status", "primary_value", "config", "tuned/model.optimizer.lr"]
 
@@ -131,9 +134,6 @@ def test_the_committed_claims_page_is_what_its_command_renders(tmp_path, monkeyp
 def test_an_exported_grid_reads_like_the_grid_itself(tmp_path):
     """benchmarks/export_grid.py: the committed copy keeps the verdict inputs (scores, schedules,
     tuning trials) without the runs folder it came from."""
-    _exp = importlib.util.spec_from_file_location("export_grid", REPO / "benchmarks" / "export_grid.py")
-    export_grid = importlib.util.module_from_spec(_exp)
-    _exp.loader.exec_module(export_grid)
     source = _grid(tmp_path, {"lora": [0.86, 0.87, 0.88], "adalora": [0.80, 0.81, 0.82]})
     with open(source / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -162,9 +162,6 @@ def test_an_exported_grid_reads_like_the_grid_itself(tmp_path):
 
 
 def test_a_grid_with_trials_only_exports_them_and_lists_the_started_ones(tmp_path):
-    _exp = importlib.util.spec_from_file_location("export_grid", REPO / "benchmarks" / "export_grid.py")
-    export_grid = importlib.util.module_from_spec(_exp)
-    _exp.loader.exec_module(export_grid)
     source = tmp_path / "grid"
     source.mkdir()
     (source / "tuning.csv").write_text("group,study,trial,state,value,param/model.optimizer.lr,run_dir\n"

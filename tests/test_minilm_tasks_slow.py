@@ -51,7 +51,7 @@ METRIC_ROW = re.compile(r"test/(\w+)\s*│\s*([0-9.eE+-]+)")
         "ner",
     ],
 )
-def test_lora_minilm_one_epoch(task, tmp_path):
+def test_lora_minilm_short_run(task, tmp_path):
     metric, floor = TASKS[task]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
