@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from pefthub.grid_spec import RESULTS_NAME
 from pefthub.grid_tune import TRIALS_NAME
 
 HELD, NOT_HELD, UNTESTED = "held", "not held", "not testable yet"
@@ -62,10 +63,14 @@ class Scores:
     def std(self) -> float:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
+    def mean_std(self) -> str:
+        """``mean ± std``; one seed has no spread, so none is shown."""
+        return f"{self.mean:.4f} ± {self.std:.4f}" if len(self.values) > 1 else f"{self.mean:.4f} (one seed)"
+
     def shown(self) -> str:
         per_seed = " / ".join(f"{v:.4f}" for v in self.values)
         lr = f", lr {self.lr}" if self.lr else ""
-        return f"{self.method} {self.mean:.4f} ± {self.std:.4f} ({per_seed}; n={len(self.values)}{lr})"
+        return f"{self.method} {self.mean_std()} ({per_seed}; n={len(self.values)}{lr})"
 
     def testable(self) -> str | None:
         """Why these scores cannot carry a verdict, or None."""
@@ -101,7 +106,7 @@ def _schedule(config_path: str, full_epochs: int) -> tuple[bool, str]:
 
 def read_grid(folder: Path, task: str, full_epochs: int) -> dict[str, Scores]:
     """Test scores per method (budget ``default`` or the method's only budget) from ``results.csv``."""
-    path = folder / "results.csv"
+    path = folder / RESULTS_NAME
     if not path.is_file():
         return {}
     with open(path, newline="") as handle:
@@ -305,7 +310,7 @@ def render(verdicts: list[Verdict], grid: dict[str, Scores], command: str, sourc
     if grid:
         lines += ["", "## Test scores per method", "", "| method | mean ± std | per seed | chosen lr | schedule |", "|---|---|---|---|---|"]
         for s in sorted(grid.values(), key=lambda s: -s.mean):
-            lines.append(f"| {s.method} | {s.mean:.4f} ± {s.std:.4f} | {' / '.join(f'{v:.4f}' for v in s.values)} | "
+            lines.append(f"| {s.method} | {s.mean_std()} | {' / '.join(f'{v:.4f}' for v in s.values)} | "
                          f"{s.lr or '—'} | {'full' if s.full else s.schedule} |")
     if trials:
         params = sorted({k for t in trials for k in t if k.startswith("param/") and t[k]})

@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 from pefthub.grid_spec import CONFIG_NAME as CONFIG
+from pefthub.grid_spec import RESULTS_NAME as RESULTS
 from pefthub.grid_tune import TRIALS_NAME as TRIALS
-
-RESULTS = "results.csv"  # the grid's default table (pefthub grid --results)
 
 
 def export(source: Path, dest: Path) -> int:

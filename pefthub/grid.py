@@ -94,6 +94,7 @@ from pefthub.grid_spec import (
     LOG_NAME,
     PROGRESS_NAME,
     RESULT_NAME,
+    RESULTS_NAME,
     GridConfigError,
     RunSpec,
     builtin_primary_metric,
@@ -182,7 +183,7 @@ def main(argv: list[str]) -> int:
         print(f"pefthub grid: error: {error}", file=sys.stderr)
         return 2
     folder = runs[0].run_dir.parent
-    results = Path(args.results) if args.results else folder / "results.csv"
+    results = Path(args.results) if args.results else folder / RESULTS_NAME
     ray_options = dict(experiment.get("ray") or {})
     if args.ray_address:
         ray_options["address"] = args.ray_address

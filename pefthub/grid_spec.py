@@ -26,6 +26,7 @@ RESULT_NAME = "result.json"
 FAILED_NAME = "failed.json"
 PROGRESS_NAME = "progress.json"
 LOG_NAME = "run.log"
+RESULTS_NAME = "results.csv"  # the experiment folder's table of finished runs (pefthub grid --results)
 BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "builtin"
 EXPERIMENT_KEYS = {
     "name", "runs_dir", "seeds", "backbones", "tasks", "methods", "overrides", "flops", "flop_seq_len",

@@ -111,12 +111,13 @@ def test_unihyperlora_claims_from_transfer_records(tmp_path):
 
 
 def test_the_command_writes_the_document(tmp_path):
-    grid = _grid(tmp_path, {"lora": [0.86, 0.87, 0.88]})
+    grid = _grid(tmp_path, {"lora": [0.86, 0.87, 0.88], "adalora": [0.85]})
     out = tmp_path / "claims.md"
     assert claims.main(["--grid", str(grid), "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# Claims") and f"python benchmarks/claims.py --grid {grid}" in text
     assert "| lora | 0.8700 ± 0.0100 | 0.8600 / 0.8700 / 0.8800 | 0.0005 | full |" in text
+    assert "| adalora | 0.8500 (one seed) | 0.8500 |" in text  # one seed: no spread to show, not "± 0"
 
 
 def test_the_committed_claims_page_is_what_its_command_renders(tmp_path, monkeypatch):
