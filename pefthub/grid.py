@@ -194,24 +194,22 @@ def main(argv: list[str]) -> int:
         print_plan(runs, results, runner)
         if tune is not None:
             print(f"tuning first: {sorted(tune.params)} over {tune.trials} trial(s) ({tune.sampler}) for each of "
-                  f"{len({r.group for r in runs})} method/task/backbone group(s); studies in {folder / 'tuning.db'} "
-                  "(the seed runs' status above is before tuning)")
+                  f"{len({r.group for r in runs})} method/task/backbone group(s), a group's seed runs once its own "
+                  f"study is done; studies in {folder / 'tuning.db'} (the seed runs' status above is before tuning)")
         return 0
     previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:
         if tune is not None:
-            from pefthub.grid_tune import tune_runs
+            from pefthub.grid_tune import Tuner
 
-            def make_runner(trial_runs: list[RunSpec], collect) -> GridRunner:
-                return GridRunner(trial_runs, None, progress=False, collect=collect, **{**options, "fail_fast": False})
-
-            stage_jobs = options["jobs"] or (1 if options["launcher"] == "local" else len({r.group for r in runs}))
-            runs = tune_runs(runs, tune, folder, make_runner, stage_jobs)
-            runner.runs = runs
+            runner.tuner = Tuner(runs, tune, folder)
         rows = runner.run()
     except KeyboardInterrupt:
         print("pefthub grid: interrupted; rerun the same command to continue (finished runs are kept)", file=sys.stderr)
         return 130
+    except GridConfigError as error:  # e.g. tune factors for a key a method's config lacks
+        print(f"pefthub grid: error: {error}", file=sys.stderr)
+        return 2
     except RuntimeError as error:
         print(f"pefthub grid: error: {error}", file=sys.stderr)
         return 1

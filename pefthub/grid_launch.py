@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -37,6 +37,9 @@ from pefthub.grid_spec import (
     RESULT_NAME,
     RunSpec,
 )
+
+if TYPE_CHECKING:
+    from pefthub.grid_tune import Tuner
 
 Collect = Callable[[RunSpec, float, int | None], dict[str, Any]]
 
@@ -107,7 +110,8 @@ def config_text(run: RunSpec) -> str:
 
 @dataclass
 class Started:
-    """A run in flight: its launcher handle, slot, start time and thread count."""
+    """A run in flight: its launcher handle, slot, start time, thread count and whether it is a
+    tuning trial (scored on validation, reported to the tuner, not a row of the results)."""
 
     run: RunSpec
     handle: Any
@@ -115,6 +119,7 @@ class Started:
     start: float
     threads: int | None
     note: str
+    trial: bool = False
 
 
 class LocalLauncher:
@@ -249,12 +254,15 @@ class GridRunner:
         launcher: ``"local"`` or ``"ray"``.
         ray_options: ``address``, ``cpus_per_run``, ``gpus_per_run``, ``copy_back``.
         collect: builds a finished run's row (default :func:`collect_result`).
+        tuner: the tuning stage (:class:`pefthub.grid_tune.Tuner`): its trials share the slots
+            with the seed runs, and a group's seed runs start once its own study is done (with
+            the chosen values); groups are served in grid order.
     """
 
     def __init__(self, runs: list[RunSpec], results: Path | None, parquet: bool = False, fail_fast: bool = False,
                  timeout_s: float | None = None, python: str | None = None, progress: bool = True,
                  jobs: int | None = None, launcher: str = "local", ray_options: dict[str, Any] | None = None,
-                 collect: Collect | None = None) -> None:
+                 collect: Collect | None = None, tuner: Tuner | None = None) -> None:
         self.runs = runs
         self.results = results
         self.parquet = parquet
@@ -266,6 +274,7 @@ class GridRunner:
         self.launcher = launcher
         self.ray_options = dict(ray_options or {})
         self.collect = collect or collect_result
+        self.tuner = tuner
 
     @staticmethod
     def finished(run: RunSpec) -> dict[str, Any] | None:
@@ -296,7 +305,7 @@ class GridRunner:
         wall = time.perf_counter() - started.start
         if code == 0:
             try:
-                row = self.collect(run, wall, started.threads)
+                row = (self.tuner.collect if started.trial else self.collect)(run, wall, started.threads)
             except (RuntimeError, OSError, KeyError, ValueError) as error:
                 code = 1
                 (run.run_dir / LOG_NAME).open("a").write(f"\npefthub grid: reading the result failed: {error}\n")
@@ -333,40 +342,92 @@ class GridRunner:
         write_results(experiment_rows(ordered, self.runs, folder), self.results, self.parquet)
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every unfinished run; the rows of this invocation's runs, in grid order."""
+        """Run every unfinished run (and, with a tuner, the trials still to run); the rows of
+        this invocation's runs, in grid order."""
         from tqdm.auto import tqdm
 
         rows: dict[str, dict[str, Any]] = {}
         total = len(self.runs)
+        index_of = {run.run_id: index for index, run in enumerate(self.runs, 1)}
+        groups = list(dict.fromkeys(run.group for run in self.runs))
+        untuned = set(groups) if self.tuner is not None else set()
         outer = tqdm(total=total, desc="grid", unit="run", position=0, disable=not self.progress)
-        pending: list[tuple[int, RunSpec]] = []
-        for index, run in enumerate(self.runs, 1):
-            stored = self.finished(run)
-            if stored is None:
-                pending.append((index, run))
-                continue
-            rows[run.run_id] = stored
-            outer.write(f"skip  {run.run_id} (finished: {run.primary_metric}={stored['primary_value']:.4f})")
-            outer.update(1)
-        if not pending:
+        pending: list[RunSpec] = []
+
+        def release(runs: list[RunSpec]) -> None:  # seed runs ready to start, finished ones skipped
+            for run in runs:
+                stored = self.finished(run)
+                if stored is None:
+                    pending.append(run)
+                    continue
+                rows[run.run_id] = {**stored, **run.extra}  # e.g. tune_trials grew while the choice stayed
+                outer.write(f"skip  {run.run_id} (finished: {run.primary_metric}={stored['primary_value']:.4f})")
+                outer.update(1)
+
+        def tuned(group: str) -> None:  # the group's study is done: its seed runs take the chosen values
+            untuned.discard(group)
+            members = [run for run in self.runs if run.group == group]
+            try:
+                members, line = self.tuner.apply(members)
+            except RuntimeError as error:
+                for run in members:
+                    rows[run.run_id] = {**run.axes(), "status": "failed (tuning)", "run_dir": str(run.run_dir)}
+                    outer.write(f"FAIL  {run.run_id}: {error}")
+                    outer.update(1)
+                return
+            outer.write(line)
+            by_id = {run.run_id: run for run in members}
+            self.runs = [by_id.get(run.run_id, run) for run in self.runs]
+            release(members)
+
+        def next_work() -> tuple[RunSpec, bool] | None:  # (run, is a trial), groups in grid order
+            for group in groups:
+                while group in untuned:
+                    if self.tuner.done(group):
+                        tuned(group)
+                        break
+                    trial = self.tuner.next_trial(group)
+                    if trial is None:  # its last trials are in flight
+                        break
+                    stored = self.finished(trial)
+                    if stored is None:
+                        return trial, True
+                    outer.write(self.tuner.finish(trial, stored))  # finished before a kill was told
+                if group in untuned:
+                    continue
+                for position, run in enumerate(pending):
+                    if run.group == group:
+                        return pending.pop(position), False
+            return None
+
+        if self.tuner is None:
+            release(self.runs)
+        if not pending and not untuned:
             outer.close()
             self._write(rows)
             return [rows[r.run_id] for r in self.runs if r.run_id in rows]
-        launcher, jobs = self._make_launcher(len(pending))
+        work = len(pending) + (self.tuner.trial_count() + len(self.runs) if self.tuner is not None else 0)
+        launcher, jobs = self._make_launcher(work)
         in_flight: dict[int, Started] = {}  # slot -> run
         failures = 0
         stopping = False
         inner = None
         try:
-            while (pending and not stopping) or in_flight:
-                while pending and not stopping and len(in_flight) < jobs:
-                    index, run = pending.pop(0)
+            while True:
+                while not stopping and len(in_flight) < jobs:
+                    found = next_work()
+                    if found is None:
+                        break
+                    run, trial = found
                     slot = min(set(range(jobs)) - set(in_flight))
                     handle, threads, note = launcher.start(run, self.command(run), slot)
-                    in_flight[slot] = Started(run, handle, slot, time.perf_counter(), threads, note)
-                    outer.write(f"start {run.run_id} [{index}/{total}] ({note})")
+                    in_flight[slot] = Started(run, handle, slot, time.perf_counter(), threads, note, trial)
+                    what = f"trial {run.extra['group']} #{run.extra['trial']}" if trial else f"{run.run_id} [{index_of[run.run_id]}/{total}]"
+                    outer.write(f"start {what} ({note})")
                     if jobs == 1 and self.progress and self.launcher == "local":
                         inner = tqdm(total=None, desc=run.run_id[:48], unit="step", position=1, leave=False)
+                if not in_flight:
+                    break
                 for slot, started in list(in_flight.items()):
                     code = launcher.poll(started.handle, started.run)
                     if code is None and self.timeout_s is not None and time.perf_counter() - started.start > self.timeout_s:
@@ -379,7 +440,11 @@ class GridRunner:
                         inner.close()
                         inner = None
                     run = started.run
-                    row = rows[run.run_id] = self._finish(started, code)
+                    row = self._finish(started, code)
+                    if started.trial:
+                        outer.write(self.tuner.finish(run, row))
+                        continue
+                    rows[run.run_id] = row
                     if row["status"] == "ok":
                         outer.write(f"done  {run.run_id}: {row.get('primary_metric', run.primary_metric)}={row['primary_value']:.4f} in {row['wall_time_s']:.1f} s")
                     else:
@@ -402,5 +467,7 @@ class GridRunner:
                 inner.close()
             launcher.close()
             outer.close()
+            if self.tuner is not None:
+                self.tuner.write_trials()
         self._write(rows)
         return [rows[r.run_id] for r in self.runs if r.run_id in rows]

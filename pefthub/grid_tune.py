@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,7 +202,7 @@ def trial_run(base: RunSpec, name: str, number: int, values: dict[str, Any], spe
             callback = {**callback, "init_args": {**callback["init_args"], "path": str(run_dir / PROGRESS_NAME)}}
         callbacks.append(callback)
     trainer["callbacks"] = callbacks
-    extra = {"study": name, "trial": number, **{f"param/{k}": v for k, v in values.items()}}
+    extra = {"group": base.group, "study": name, "trial": number, **{f"param/{k}": v for k, v in values.items()}}
     return dataclasses.replace(base, seed=spec.seed, run_dir=run_dir, config=config, extra=extra)
 
 
@@ -217,101 +216,125 @@ def trial_result(run: RunSpec, wall_time_s: float, threads: int | None, metric: 
             "wall_time_s": round(wall_time_s, 3), "run_dir": str(run.run_dir), **run.extra}
 
 
-def _collect_trial(run: RunSpec, wall: float, threads: int | None, metrics: dict[str, str], direction: str) -> dict[str, Any]:
-    return trial_result(run, wall, threads, metrics[run.run_id], direction)
+class Tuner:
+    """The tuning stage as work for the grid's slots (:class:`pefthub.grid_launch.GridRunner`).
 
-
-def tune_runs(runs: list[RunSpec], spec: TuneSpec, folder: Path, make_runner: Callable[..., Any], jobs: int,
-              out: Callable[[str], None] = print) -> list[RunSpec]:
-    """Run (or continue) one study per group of ``runs``, then return ``runs`` with each
-    group's best values applied and recorded as extra columns.
+    One Optuna study per group of runs (method × budget × task × backbone). A trial is asked
+    when a slot frees, not in rounds, and a group's seed runs are released as soon as its own
+    study is done, so one group trains its seeds while another is still tuning and no slot
+    waits for the slowest trial of a round.
 
     Args:
         runs: the grid's runs (their seeds are the test runs; the trials use ``spec.seed``).
         spec: the checked ``tune:`` block.
         folder: the experiment folder (``tuning.db``, ``tuning.csv``, ``tuning/``).
-        make_runner: ``make_runner(trial_runs, collect)`` -> an object with ``.run()`` returning
-            rows in order (a :class:`pefthub.grid_launch.GridRunner` without a results file).
-        jobs: trials asked and run at once.
     """
-    try:
-        import optuna
-    except ImportError as error:
-        raise RuntimeError("the tuning stage needs Optuna: pip install 'pefthub[cluster]'") from error
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder.mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{(folder / DB_NAME).resolve()}"
-    bases: dict[str, RunSpec] = {}
-    for run in runs:
-        bases.setdefault(run.group, run)
-    names = {group: study_name(base, spec) for group, base in bases.items()}
-    group_specs = {group: resolve_factors(spec, base) for group, base in bases.items()}
-    studies = {
-        group: optuna.create_study(study_name=names[group], storage=storage, direction=spec.direction,
-                                   sampler=_sampler(spec), load_if_exists=True)
-        for group in bases
-    }
-    if spec.sampler == "grid":  # Optuna's GridSampler stops the study from inside `tell`, which ask/tell cannot take
-        for group, study in studies.items():
-            params_of = group_specs[group].params
-            combinations = [dict(zip(params_of, values, strict=True)) for values in itertools.product(*params_of.values())]
-            for params in combinations[: spec.trials]:
-                study.enqueue_trial(params, skip_if_exists=True)
-    states = optuna.trial.TrialState
-    running = states.RUNNING
-    spent = (states.COMPLETE, states.PRUNED, states.FAIL, running)  # an enqueued (WAITING) trial is not spent yet
-    while True:
-        batch: list[tuple[str, int, dict[str, Any]]] = []
-        for group, study in studies.items():  # trials a killed grid left running: run them again
-            for trial in study.get_trials(deepcopy=False, states=(running,)):
-                if set(trial.params) == set(spec.params):
-                    batch.append((group, trial.number, dict(trial.params)))
-                else:
-                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-        asked = True
-        while asked and len(batch) < jobs:
-            asked = False
-            for group, study in studies.items():
-                if len(batch) < jobs and len(study.get_trials(deepcopy=False, states=spent)) < spec.trials:
-                    trial = study.ask()
-                    batch.append((group, trial.number, _suggest(trial, group_specs[group])))
-                    asked = True
-        if not batch:
-            break
-        trial_runs = [trial_run(bases[g], names[g], n, values, spec, folder) for g, n, values in batch]
-        metric_of = {r.run_id: spec.metric or f"val/{r.primary_metric}" for r in trial_runs}
 
-        collect = functools.partial(_collect_trial, metrics=metric_of, direction=spec.direction)
-        rows = {row["run_id"]: row for row in make_runner(trial_runs, collect).run()}
-        for (group, number, values), run in zip(batch, trial_runs, strict=True):
-            row = rows.get(run.run_id, {})
-            shown = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-            if row.get("status") == "ok":
-                studies[group].tell(number, float(row["primary_value"]))
-                out(f"trial {group} #{number}: {shown} -> {metric_of[run.run_id]}={row['primary_value']:.4f}")
-            else:
-                studies[group].tell(number, state=optuna.trial.TrialState.FAIL)
-                out(f"trial {group} #{number}: {shown} failed; log: {run.run_dir / 'run.log'}")
-        write_trials(studies, names, folder)
-    write_trials(studies, names, folder)
-    tuned = []
-    for run in runs:
-        study = studies[run.group]
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    def __init__(self, runs: list[RunSpec], spec: TuneSpec, folder: Path) -> None:
+        try:
+            import optuna
+        except ImportError as error:
+            raise RuntimeError("the tuning stage needs Optuna: pip install 'pefthub[cluster]'") from error
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.spec = spec
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{(folder / DB_NAME).resolve()}"
+        self.bases: dict[str, RunSpec] = {}
+        for run in runs:
+            self.bases.setdefault(run.group, run)
+        self.names = {group: study_name(base, spec) for group, base in self.bases.items()}
+        self.group_specs = {group: resolve_factors(spec, base) for group, base in self.bases.items()}
+        self.studies = {
+            group: optuna.create_study(study_name=self.names[group], storage=storage, direction=spec.direction,
+                                       sampler=_sampler(spec), load_if_exists=True)
+            for group in self.bases
+        }
+        if spec.sampler == "grid":  # Optuna's GridSampler stops the study from inside `tell`, which ask/tell cannot take
+            for group, study in self.studies.items():
+                params_of = self.group_specs[group].params
+                combinations = [dict(zip(params_of, values, strict=True)) for values in itertools.product(*params_of.values())]
+                for params in combinations[: spec.trials]:
+                    study.enqueue_trial(params, skip_if_exists=True)
+        states = optuna.trial.TrialState
+        self._states = states
+        self._spent = (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)  # a WAITING (enqueued) trial is not spent
+        self._rerun: dict[str, list[tuple[int, dict[str, Any]]]] = {group: [] for group in self.bases}
+        for group, study in self.studies.items():  # trials a killed grid left running: run them again
+            for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
+                if set(trial.params) == set(spec.params):
+                    self._rerun[group].append((trial.number, dict(trial.params)))
+                else:
+                    study.tell(trial.number, state=states.FAIL)
+        self._in_flight = dict.fromkeys(self.bases, 0)
+
+    def metric(self, run: RunSpec) -> str:
+        return self.spec.metric or f"val/{run.primary_metric}"
+
+    def trial_count(self) -> int:
+        """Trials still to run over every study (an upper bound on the stage's work)."""
+        return sum(max(0, self.spec.trials - len(s.get_trials(deepcopy=False, states=self._spent[:3]))) for s in self.studies.values())
+
+    def done(self, group: str) -> bool:
+        """Every trial of ``group``'s study has run (finished or failed) and none is in flight."""
+        spent = self.studies[group].get_trials(deepcopy=False, states=self._spent)
+        return not self._in_flight[group] and not self._rerun[group] and len(spent) >= self.spec.trials
+
+    def next_trial(self, group: str) -> RunSpec | None:
+        """The run of ``group``'s next trial (a left-over one first), or ``None`` when the study
+        has asked all its trials (some may still be in flight)."""
+        study = self.studies[group]
+        if self._rerun[group]:
+            number, values = self._rerun[group].pop(0)
+        elif len(study.get_trials(deepcopy=False, states=self._spent)) < self.spec.trials:
+            trial = study.ask()
+            number, values = trial.number, _suggest(trial, self.group_specs[group])
+        else:
+            return None
+        self._in_flight[group] += 1
+        return trial_run(self.bases[group], self.names[group], number, values, self.spec, self.folder)
+
+    def collect(self, run: RunSpec, wall_time_s: float, threads: int | None) -> dict[str, Any]:
+        """A finished trial's row (see :func:`trial_result`)."""
+        return trial_result(run, wall_time_s, threads, self.metric(run), self.spec.direction)
+
+    def finish(self, run: RunSpec, row: dict[str, Any]) -> str:
+        """Tell the study a trial's outcome (``row`` from the runner); returns the line to show."""
+        group, number = run.extra["group"], run.extra["trial"]
+        self._in_flight[group] -= 1
+        values = {k.removeprefix("param/"): v for k, v in run.extra.items() if k.startswith("param/")}
+        shown = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        if row.get("status") == "ok":
+            self.studies[group].tell(number, float(row["primary_value"]))
+            line = f"trial {group} #{number}: {shown} -> {self.metric(run)}={row['primary_value']:.4f}"
+        else:
+            self.studies[group].tell(number, state=self._states.FAIL)
+            line = f"trial {group} #{number}: {shown} failed; log: {run.run_dir / 'run.log'}"
+        self.write_trials()
+        return line
+
+    def apply(self, runs: list[RunSpec]) -> tuple[list[RunSpec], str]:
+        """``runs`` of one finished study with its best values applied and recorded as extra
+        columns, and the line to show; ``RuntimeError`` when no trial finished."""
+        group = runs[0].group
+        study = self.studies[group]
+        complete = study.get_trials(deepcopy=False, states=(self._states.COMPLETE,))
         if not complete:
-            raise RuntimeError(f"tuning {run.group}: no trial finished (logs under {folder / 'tuning'})")
+            raise RuntimeError(f"tuning {group}: no trial finished (logs under {self.folder / 'tuning'})")
         best = study.best_trial
-        config = copy.deepcopy(run.config)
-        for key, value in best.params.items():
-            set_dotted(config, key, value)
-        extra = {**run.extra, **{f"tuned/{k}": v for k, v in best.params.items()},
-                 "tune_metric": spec.metric or f"val/{run.primary_metric}", "tune_value": best.value,
-                 "tune_trials": len(complete), "tune_study": names[run.group]}
-        tuned.append(dataclasses.replace(run, config=config, extra=extra))
-    for group in bases:
-        best = studies[group].best_trial
-        out(f"tuned {group}: {best.params} ({spec.metric or 'val/' + bases[group].primary_metric}={best.value:.4f}, trial #{best.number})")
-    return tuned
+        tuned = []
+        for run in runs:
+            config = copy.deepcopy(run.config)
+            for key, value in best.params.items():
+                set_dotted(config, key, value)
+            extra = {**run.extra, **{f"tuned/{k}": v for k, v in best.params.items()},
+                     "tune_metric": self.metric(run), "tune_value": best.value,
+                     "tune_trials": len(complete), "tune_study": self.names[group]}
+            tuned.append(dataclasses.replace(run, config=config, extra=extra))
+        return tuned, f"tuned {group}: {best.params} ({self.metric(runs[0])}={best.value:.4f}, trial #{best.number})"
+
+    def write_trials(self) -> None:
+        write_trials(self.studies, self.names, self.folder)
 
 
 def write_trials(studies: dict[str, Any], names: dict[str, str], folder: Path) -> None:

@@ -16,10 +16,10 @@ from pefthub.grid import main as grid_main
 from pefthub.grid_tune import (
     DB_NAME,
     TRIALS_NAME,
+    Tuner,
     load_tune,
     resolve_factors,
     study_name,
-    tune_runs,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,18 +75,22 @@ def _trials(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path):
+def _tune_and_run(runs, spec, folder, capsys) -> tuple[list, list[dict], list[str]]:
+    """The grid's runner with the tuning stage: (the runs as tuned, their rows, the lines shown)."""
+    runner = GridRunner(runs, folder / "results.csv", progress=False, jobs=2, tuner=Tuner(runs, spec, folder))
+    capsys.readouterr()
+    rows = runner.run()
+    return runner.runs, rows, capsys.readouterr().out.splitlines()
+
+
+def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path, capsys):
     import optuna
 
     runs = expand(_experiment(tmp_path), runs_dir=tmp_path / "runs")
     folder = runs[0].run_dir.parent
-    lines: list[str] = []
-
-    def make_runner(trial_runs, collect):
-        return GridRunner(trial_runs, None, progress=False, collect=collect, jobs=2)
 
     first = load_tune({"params": {LR: CHOICES}, "sampler": "grid", "trials": 2}, "exp.yaml", 0)
-    tuned = tune_runs(runs, first, folder, make_runner, jobs=2, out=lines.append)
+    tuned, _, lines = _tune_and_run(runs, first, folder, capsys)
     trials = _trials(folder)
     assert [(t["trial"], t["state"], float(t[f"param/{LR}"])) for t in trials] == [("0", "COMPLETE", 1e-5), ("1", "COMPLETE", 1e-2)]
 
@@ -111,15 +115,13 @@ def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path):
     study.enqueue_trial({LR: 1e-3})
     study.ask().suggest_categorical(LR, CHOICES)
     done = {t["run_dir"]: (Path(t["run_dir"]) / "result.json").stat().st_mtime_ns for t in trials}
-    lines.clear()
-    tuned = tune_runs(runs, more, folder, make_runner, jobs=2, out=lines.append)
+    tuned, (row,), lines = _tune_and_run(runs, more, folder, capsys)
     assert [line.split(":")[0] for line in lines if line.startswith("trial ")] == ["trial lora__sst2__tiny-bert #2"]
     trials = _trials(folder)
     assert [(t["state"], float(t[f"param/{LR}"])) for t in trials] == [("COMPLETE", v) for v in CHOICES]
     assert all((Path(d) / "result.json").stat().st_mtime_ns == m for d, m in done.items())  # not rerun
     check(tuned, trials)
     # the seed run trains with the chosen lr and is tested; its row records the choice
-    (row,) = GridRunner(tuned, folder / "results.csv", progress=False).run()
     chosen = tuned[0].config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
     assert row["status"] == "ok" and "test/accuracy" in row
     assert row[f"tuned/{LR}"] == chosen and row["tune_trials"] == 3 and row["tune_value"] == max(float(t["value"]) for t in trials)
@@ -149,21 +151,75 @@ def test_factors_try_multiples_of_each_methods_own_lr(tmp_path):
     best = {"fast": 0.2, "slow": 5e-05}  # a made-up validation surface peaking at these values
     tried: dict[str, list[float]] = {}
 
-    class Scorer:  # stands in for GridRunner: scores a trial from its lr, trains nothing
-        def __init__(self, trial_runs, collect):
-            self.trial_runs = trial_runs
-
-        def run(self):
-            rows = []
-            for run in self.trial_runs:
-                lr = run.config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
-                tried.setdefault(run.method, []).append(lr)
-                rows.append({"run_id": run.run_id, "status": "ok", "primary_value": -abs(math.log(lr / best[run.method]))})
-            return rows
-
-    tuned = tune_runs(runs, tune, runs[0].run_dir.parent, Scorer, jobs=2, out=lambda line: None)
+    tuner = Tuner(runs, tune, runs[0].run_dir.parent)
+    tuned = []
+    for group in dict.fromkeys(run.group for run in runs):  # the tuner driven by hand: each trial scored from its lr
+        while not tuner.done(group):
+            trial = tuner.next_trial(group)
+            lr = trial.config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+            tried.setdefault(trial.method, []).append(lr)
+            tuner.finish(trial, {"status": "ok", "primary_value": -abs(math.log(lr / best[trial.method]))})
+        tuned += tuner.apply([run for run in runs if run.group == group])[0]
     assert {m: sorted(v) for m, v in tried.items()} == {"fast": [0.002, 0.02, 0.2], "slow": [5e-05, 0.0005, 0.005]}
     assert {run.method: run.extra[f"tuned/{LR}"] for run in tuned} == best
     with pytest.raises(GridConfigError, match=r"tune.params.model.dropout: factors multiply the configured value.*fast"):
         resolve_factors(load_tune({"params": {"model.dropout": {"factors": [1, 2]}}}, "exp.yaml", 0),
                         dataclasses.replace(by_method["fast"], config={"model": {"init_args": {}}}))
+
+
+def test_a_tuned_groups_seeds_start_while_another_group_still_tunes(tmp_path, monkeypatch):
+    """Trials and seed runs share the slots: with two jobs, the fast group's seed runs start
+    (with its chosen lr) while the slow group's trials are still running, and no slot waits for
+    a round's slowest trial. A fake launcher stands in for the processes."""
+    experiment = _experiment(tmp_path, {"params": {LR: {"factors": [0.5, 1, 2]}}, "sampler": "grid"})
+    spec = yaml.safe_load(experiment.read_text())
+    lora = str(REPO / "configs" / "tiny" / "lora_sst2.yaml")
+    spec["methods"] = {"a_slow": {"config": lora}, "b_fast": {"config": lora}}  # the slow group comes first
+    spec["seeds"] = [0, 1]
+    experiment.write_text(yaml.safe_dump(spec))
+    runs = expand(experiment, runs_dir=tmp_path / "runs")
+    folder = runs[0].run_dir.parent
+    tuner = Tuner(runs, load_tune(spec["tune"], "exp.yaml", 0), folder)
+    events: list[tuple[str, str]] = []
+
+    class Launcher:  # a slow-group trial takes 8 polls, anything else 1
+        def start(self, run, command, slot):
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            events.append(("start", run.run_dir.name))
+            return {"run": run, "polls": 8 if run.method == "a_slow" and "trial" in run.extra else 1}, 1, "fake"
+
+        def poll(self, handle, run):
+            handle["polls"] -= 1
+            if handle["polls"]:
+                return None
+            events.append(("end", run.run_dir.name))
+            return 0
+
+        def kill(self, handle, run):
+            return -9
+
+        def close(self):
+            pass
+
+    def score(run, wall, threads):  # validation peaks at the configured lr × 2
+        return {**run.axes(), "status": "ok", "primary_value": _lr(run), "primary_metric": "accuracy", "wall_time_s": wall, **run.extra}
+
+    def _lr(run):
+        return run.config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+
+    runner = GridRunner(runs, folder / "results.csv", progress=False, jobs=2, tuner=tuner, collect=score)
+    monkeypatch.setattr(runner, "_make_launcher", lambda work: (Launcher(), 2))
+    monkeypatch.setattr(tuner, "collect", score)
+    rows = runner.run()
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    base = _lr(runs[0])
+    assert {r["method"]: r[f"tuned/{LR}"] for r in rows} == {"a_slow": 2 * base, "b_fast": 2 * base}
+    names = [name for _, name in events]
+    first_fast_seed = events.index(("start", next(r.run_dir.name for r in runner.runs if r.method == "b_fast")))
+    last_slow_trial_end = max(i for i, (kind, name) in enumerate(events) if kind == "end" and name.startswith("a_slow") and "__t" in name)
+    assert first_fast_seed < last_slow_trial_end, names  # the fast group did not wait for the slow group's study
+    in_flight = 0
+    for kind, _ in events:  # never more than two at once, and a slot freed is refilled while work remains
+        in_flight += 1 if kind == "start" else -1
+        assert 0 <= in_flight <= 2
+    assert len([e for e in events if e[0] == "start"]) == 6 + 4
