@@ -112,12 +112,17 @@ __all__ = [
 ]
 
 
-def print_plan(runs: list[RunSpec], results: Path, runner: GridRunner) -> None:
-    """The ``--dry-run`` listing: one line per run (with its status) and the command it runs."""
+def print_plan(runs: list[RunSpec], results: Path, runner: GridRunner, tuning: dict[str, str] | None = None) -> None:
+    """The ``--dry-run`` listing: one line per run (with its status) and the command it runs;
+    ``tuning``: the groups whose study is not done yet (their runs wait for it)."""
     print(f"{len(runs)} run(s); results -> {results}")
+    tuning = tuning or {}
     for index, run in enumerate(runs, 1):
-        status = "finished" if runner.finished(run) is not None else "to run"
-        print(f"[{index:>3}/{len(runs)}] {run.run_id:<56} {status:<9} primary metric: {run.primary_metric}")
+        if run.group in tuning:
+            status = f"waits for tuning ({tuning[run.group]})"
+        else:
+            status = "finished" if runner.finished(run) is not None else "to run"
+        print(f"[{index:>3}/{len(runs)}] {run.run_id:<56} {status:<30} primary metric: {run.primary_metric}")
     if runs:
         print("each run: " + " ".join(runner.command(runs[0])).replace(runs[0].run_id, "<run_id>"))
 
@@ -191,11 +196,16 @@ def main(argv: list[str]) -> int:
                "launcher": args.launcher or experiment.get("launcher", "local"), "ray_options": ray_options}
     runner = GridRunner(runs, results, parquet=args.parquet, progress=not args.no_progress, **options)
     if args.dry_run:
-        print_plan(runs, results, runner)
+        tuning: dict[str, str] = {}
+        if tune is not None:
+            from pefthub.grid_tune import tuning_state
+
+            runs, tuning = tuning_state(runs, tune, folder)
+        print_plan(runs, results, runner, tuning)
         if tune is not None:
             print(f"tuning first: {sorted(tune.params)} over {tune.trials} trial(s) ({tune.sampler}) for each of "
                   f"{len({r.group for r in runs})} method/task/backbone group(s), a group's seed runs once its own "
-                  f"study is done; studies in {folder / 'tuning.db'} (the seed runs' status above is before tuning)")
+                  f"study is done; studies in {folder / 'tuning.db'} ({len(tuning)} group(s) still tuning)")
         return 0
     previous = signal.signal(signal.SIGTERM, _interrupt) if _main_thread() else None
     try:

@@ -322,19 +322,56 @@ class Tuner:
         if not complete:
             raise RuntimeError(f"tuning {group}: no trial finished (logs under {self.folder / 'tuning'})")
         best = study.best_trial
-        tuned = []
-        for run in runs:
-            config = copy.deepcopy(run.config)
-            for key, value in best.params.items():
-                set_dotted(config, key, value)
-            extra = {**run.extra, **{f"tuned/{k}": v for k, v in best.params.items()},
-                     "tune_metric": self.metric(run), "tune_value": best.value,
-                     "tune_trials": len(complete), "tune_study": self.names[group]}
-            tuned.append(dataclasses.replace(run, config=config, extra=extra))
+        tuned = with_best(runs, study, self.names[group], self.spec)
         return tuned, f"tuned {group}: {best.params} ({self.metric(runs[0])}={best.value:.4f}, trial #{best.number})"
 
     def write_trials(self) -> None:
         write_trials(self.studies, self.names, self.folder)
+
+
+def with_best(runs: list[RunSpec], study: Any, name: str, spec: TuneSpec) -> list[RunSpec]:
+    """``runs`` (one group) with the study's best values set and recorded as extra columns."""
+    import optuna
+
+    best = study.best_trial
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    tuned = []
+    for run in runs:
+        config = copy.deepcopy(run.config)
+        for key, value in best.params.items():
+            set_dotted(config, key, value)
+        extra = {**run.extra, **{f"tuned/{k}": v for k, v in best.params.items()},
+                 "tune_metric": spec.metric or f"val/{run.primary_metric}", "tune_value": best.value,
+                 "tune_trials": len(complete), "tune_study": name}
+        tuned.append(dataclasses.replace(run, config=config, extra=extra))
+    return tuned
+
+
+def tuning_state(runs: list[RunSpec], spec: TuneSpec, folder: Path) -> tuple[list[RunSpec], dict[str, str]]:
+    """What ``tuning.db`` already settles, read without changing it (for ``--dry-run``): ``runs``
+    with the values of each finished study applied, and each group still tuning -> ``"k/N trials"``."""
+    try:
+        import optuna
+    except ImportError:
+        return runs, {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    path = folder / DB_NAME
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    out, tuning = list(runs), {}
+    for group in dict.fromkeys(run.group for run in runs):
+        members = [run for run in runs if run.group == group]
+        name = study_name(members[0], spec)
+        try:
+            study = optuna.load_study(study_name=name, storage=f"sqlite:///{path.resolve()}") if path.is_file() else None
+        except KeyError:  # no such study yet
+            study = None
+        done = study.get_trials(deepcopy=False, states=finished) if study is not None else []
+        if len(done) < spec.trials or not any(t.state == optuna.trial.TrialState.COMPLETE for t in done):
+            tuning[group] = f"{len(done)}/{spec.trials} trials"
+            continue
+        by_id = {run.run_id: run for run in with_best(members, study, name, spec)}
+        out = [by_id.get(run.run_id, run) for run in out]
+    return out, tuning
 
 
 def write_trials(studies: dict[str, Any], names: dict[str, str], folder: Path) -> None:

@@ -20,6 +20,7 @@ from pefthub.grid_tune import (
     load_tune,
     resolve_factors,
     study_name,
+    tuning_state,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +68,9 @@ def test_tune_defaults_and_the_dry_run_plan(tmp_path, capsys):
     assert load_tune(None, "exp.yaml", 0) is None
     experiment = _experiment(tmp_path, {"params": {LR: CHOICES}, "sampler": "grid"})
     assert grid_main(["-c", str(experiment), "--runs-dir", str(tmp_path / "runs"), "--dry-run", "--no-progress"]) == 0
-    assert "tuning first: ['model.optimizer.lr'] over 3 trial(s) (grid) for each of 1 method/task/backbone group(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tuning first: ['model.optimizer.lr'] over 3 trial(s) (grid) for each of 1 method/task/backbone group(s)" in out
+    assert "lora__sst2__tiny-bert__s0" in out and "waits for tuning (0/3 trials)" in out
 
 
 def _trials(folder: Path) -> list[dict[str, str]]:
@@ -128,6 +131,11 @@ def test_tuning_picks_the_lr_by_validation_and_continues_its_study(tmp_path, cap
     with open(folder / "results.csv", newline="") as handle:
         (stored,) = list(csv.DictReader(handle))
     assert float(stored[f"tuned/{LR}"]) == chosen and stored["tune_metric"] == "val/accuracy"
+    # what --dry-run reads from the finished study: the chosen values, so the seed run shows as finished
+    planned, still_tuning = tuning_state(runs, more, folder)
+    assert still_tuning == {} and planned[0].config == tuned[0].config and GridRunner.finished(planned[0]) is not None
+    assert tuning_state(runs, load_tune({"params": {LR: CHOICES}, "trials": 4}, "exp.yaml", 0), folder)[1] == {
+        "lora__sst2__tiny-bert": "0/4 trials"}  # another search is another study
     assert yaml.safe_load((tuned[0].run_dir / "grid_config.yaml").read_text())["model"]["init_args"]["optimizer"]["init_args"]["lr"] == chosen
 
 
