@@ -258,7 +258,8 @@ class Tuner:
                     study.enqueue_trial(params, skip_if_exists=True)
         states = optuna.trial.TrialState
         self._states = states
-        self._spent = (states.COMPLETE, states.PRUNED, states.FAIL, states.RUNNING)  # a WAITING (enqueued) trial is not spent
+        self._finished = (states.COMPLETE, states.PRUNED, states.FAIL)
+        self._spent = (*self._finished, states.RUNNING)  # a WAITING (enqueued) trial is not spent
         self._rerun: dict[str, list[tuple[int, dict[str, Any]]]] = {group: [] for group in self.bases}
         for group, study in self.studies.items():  # trials a killed grid left running: run them again
             for trial in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
@@ -273,7 +274,7 @@ class Tuner:
 
     def trial_count(self) -> int:
         """Trials still to run over every study (an upper bound on the stage's work)."""
-        return sum(max(0, self.spec.trials - len(s.get_trials(deepcopy=False, states=self._spent[:3]))) for s in self.studies.values())
+        return sum(max(0, self.spec.trials - len(s.get_trials(deepcopy=False, states=self._finished))) for s in self.studies.values())
 
     def done(self, group: str) -> bool:
         """Every trial of ``group``'s study has run (finished or failed) and none is in flight."""
