@@ -175,10 +175,9 @@ def test_factors_try_multiples_of_each_methods_own_lr(tmp_path):
                         dataclasses.replace(by_method["fast"], config={"model": {"init_args": {}}}))
 
 
-def test_a_tuned_groups_seeds_start_while_another_group_still_tunes(tmp_path, monkeypatch):
-    """Trials and seed runs share the slots: with two jobs, the fast group's seed runs start
-    (with its chosen lr) while the slow group's trials are still running, and no slot waits for
-    a round's slowest trial. A fake launcher stands in for the processes."""
+def _fake_grid(tmp_path: Path, monkeypatch, score) -> tuple[GridRunner, list[dict], list[tuple[str, str]], list]:
+    """Groups ``a_slow`` (each trial 8 polls) and ``b_fast`` (1 poll), 3 trials and 2 seeds each,
+    run by :class:`GridRunner` with two jobs through a fake launcher; rows come from ``score``."""
     experiment = _experiment(tmp_path, {"params": {LR: {"factors": [0.5, 1, 2]}}, "sampler": "grid"})
     spec = yaml.safe_load(experiment.read_text())
     lora = str(REPO / "configs" / "tiny" / "lora_sst2.yaml")
@@ -190,7 +189,7 @@ def test_a_tuned_groups_seeds_start_while_another_group_still_tunes(tmp_path, mo
     tuner = Tuner(runs, load_tune(spec["tune"], "exp.yaml", 0), folder)
     events: list[tuple[str, str]] = []
 
-    class Launcher:  # a slow-group trial takes 8 polls, anything else 1
+    class Launcher:
         def start(self, run, command, slot):
             run.run_dir.mkdir(parents=True, exist_ok=True)
             events.append(("start", run.run_dir.name))
@@ -209,16 +208,25 @@ def test_a_tuned_groups_seeds_start_while_another_group_still_tunes(tmp_path, mo
         def close(self):
             pass
 
-    def score(run, wall, threads):  # validation peaks at the configured lr × 2
-        return {**run.axes(), "status": "ok", "primary_value": _lr(run), "primary_metric": "accuracy", "wall_time_s": wall, **run.extra}
-
-    def _lr(run):
-        return run.config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
-
     runner = GridRunner(runs, folder / "results.csv", progress=False, jobs=2, tuner=tuner, collect=score)
     monkeypatch.setattr(runner, "_make_launcher", lambda work: (Launcher(), 2))
     monkeypatch.setattr(tuner, "collect", score)
-    rows = runner.run()
+    return runner, runner.run(), events, runs
+
+
+def _lr(run) -> float:
+    return run.config["model"]["init_args"]["optimizer"]["init_args"]["lr"]
+
+
+def _score(run, wall, threads):  # validation rises with the lr: the largest factor wins
+    return {**run.axes(), "status": "ok", "primary_value": _lr(run), "primary_metric": "accuracy", "wall_time_s": wall, **run.extra}
+
+
+def test_a_tuned_groups_seeds_start_while_another_group_still_tunes(tmp_path, monkeypatch):
+    """Trials and seed runs share the slots: with two jobs, the fast group's seed runs start
+    (with its chosen lr) while the slow group's trials are still running, and no slot waits for
+    a round's slowest trial. A fake launcher stands in for the processes."""
+    runner, rows, events, runs = _fake_grid(tmp_path, monkeypatch, _score)
     assert [r["status"] for r in rows] == ["ok"] * 4
     base = _lr(runs[0])
     assert {r["method"]: r[f"tuned/{LR}"] for r in rows} == {"a_slow": 2 * base, "b_fast": 2 * base}
@@ -227,7 +235,20 @@ def test_a_tuned_groups_seeds_start_while_another_group_still_tunes(tmp_path, mo
     last_slow_trial_end = max(i for i, (kind, name) in enumerate(events) if kind == "end" and name.startswith("a_slow") and "__t" in name)
     assert first_fast_seed < last_slow_trial_end, names  # the fast group did not wait for the slow group's study
     in_flight = 0
-    for kind, _ in events:  # never more than two at once, and a slot freed is refilled while work remains
+    for kind, _ in events:  # never more than two at once
         in_flight += 1 if kind == "start" else -1
         assert 0 <= in_flight <= 2
     assert len([e for e in events if e[0] == "start"]) == 6 + 4
+
+
+def test_a_group_whose_trials_all_fail_does_not_stop_the_others(tmp_path, monkeypatch):
+    def score(run, wall, threads):
+        if run.method == "a_slow" and "trial" in run.extra:
+            raise RuntimeError("val/accuracy was never logged")
+        return _score(run, wall, threads)
+
+    _, rows, events, _ = _fake_grid(tmp_path, monkeypatch, score)
+    assert {r["method"]: r["status"] for r in rows} == {"a_slow": "failed (tuning)", "b_fast": "ok"}
+    assert not any(name.startswith("a_slow") and "__t" not in name for _, name in events)  # its seeds never ran
+    states = {(t["group"].split("__")[0], t["state"]) for t in _trials(tmp_path / "runs" / "tuned")}
+    assert states == {("a_slow", "FAIL"), ("b_fast", "COMPLETE")}
