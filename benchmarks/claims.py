@@ -180,7 +180,7 @@ def approx(grid: dict[str, Scores], first: str, second: str, tolerance: float) -
     if reason:
         return measured, UNTESTED, reason
     within = abs(delta) <= tolerance
-    return measured, HELD if within else NOT_HELD, f"|Δ| {'≤' if within else '>'} {tolerance * 100:g} point(s)"
+    return measured, HELD if within else NOT_HELD, f"abs(Δ) {'≤' if within else '>'} {tolerance * 100:g} point(s)"
 
 
 def op_cost(method: str, steps: dict[str, dict[str, str]]) -> tuple[str, str, str]:
